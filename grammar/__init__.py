@@ -1,0 +1,1 @@
+"""Packaged data: the Lark grammar of the .deos language (``deos.lark``)."""

@@ -1,0 +1,1 @@
+"""Compiler passes, one per module; installed as ``deos_dsl.passes``."""

@@ -1,0 +1,1 @@
+"""Packaged data: the library of bundled ``.deos`` search spaces."""
