@@ -1,0 +1,42 @@
+"""Every ```deos block of docs/language.md is checked.
+
+```deos            -> a complete file that parses and validates
+```deos parse-only -> parses (e.g. imports a file that the docs do not ship)
+```deos error      -> must be rejected with DeosError
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from deos_dsl.frontend.api import format_text, loads, parse
+from deos_dsl.frontend.diagnostics import DeosError
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "language.md"
+BLOCK = re.compile(r"^```deos(?P<mode>[ \w-]*)\n(?P<body>.*?)^```$", re.S | re.M)
+BLOCKS = [(m["mode"].strip() or "valid", m["body"], DOC.read_text()[: m.start()].count("\n") + 1) for m in BLOCK.finditer(DOC.read_text())]
+
+
+def test_docs_have_an_example_per_construct():
+    text = "".join(body for _, body, _ in BLOCKS)
+    assert len(BLOCKS) >= 15
+    for construct in ("const", "import", "extends", "tokens", "defaults", "activate", "retain", "score", "unified",
+                      "merge(", "pool(", "reweight(", "constraint flops", "tokens.after", "objective", "policy", "choices("):
+        assert construct in text, construct
+    assert {mode for mode, _, _ in BLOCKS} == {"valid", "parse-only", "error"}
+
+
+@pytest.mark.parametrize(("mode", "body", "line"), BLOCKS, ids=[f"line{line}-{mode}" for mode, _, line in BLOCKS])
+def test_doc_example(mode: str, body: str, line: int):
+    if mode == "error":
+        parse(body)  # the rejection is semantic, not a typo in the example
+        with pytest.raises(DeosError):
+            loads(body, f"docs-line-{line}.deos")
+        return
+    parse(body)
+    if mode == "valid":
+        assert loads(body, f"docs-line-{line}.deos")
+        assert format_text(body) == body, "doc examples are written in canonical form"

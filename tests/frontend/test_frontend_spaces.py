@@ -1,0 +1,99 @@
+"""Every bundled space parses, validates, is canonical, round-trips and means what it says."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from deos_dsl.frontend import ir
+from deos_dsl.frontend.api import check, format_text, load_spaces, loads, parse
+from deos_dsl.frontend.formatter import format_module, format_spaces
+from deos_dsl.frontend.regime import regime
+
+SPACES = Path(__file__).resolve().parents[2] / "spaces"
+FILES = sorted(SPACES.glob("*.deos"))
+BASELINES = {"fastv": "FastV", "sparsevlm": "SparseVLM", "pyramiddrop": "PyramidDrop", "tome": "ToMe",
+             "evit": "EViT", "visionzip": "VisionZip", "pool2x2": "pooling", "reweight": "reweighting"}
+
+
+def by_name(file: str) -> dict[str, ir.Space]:
+    return {s.name: s for s in load_spaces(SPACES / file)}
+
+
+def test_every_baseline_and_eos_is_bundled():
+    names = {f.stem for f in FILES}
+    assert set(BASELINES) | {"eos", "common"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_space_file_is_valid_canonical_and_round_trips(path: Path):
+    text = path.read_text()
+    spaces, diagnostics = check(path)
+    assert diagnostics == [] and spaces
+    assert format_text(text, str(path)) == text, "bundled spaces are in canonical form"
+    module = parse(text, str(path))
+    assert parse(format_module(module), str(path)) == module
+    assert ir.Module.model_validate_json(module.model_dump_json()) == module
+    for space in spaces:
+        again = ir.Space.model_validate_json(space.model_dump_json())
+        assert again == space and again.span == space.span
+    assert loads(format_spaces(spaces), str(path)) == spaces
+
+
+@pytest.mark.parametrize("stem", sorted(BASELINES))
+def test_baseline_header_names_its_published_method(stem: str):
+    header = (SPACES / f"{stem}.deos").read_text().split("\n\n")[0]
+    assert header.startswith("# ") and BASELINES[stem].lower() in header.lower()
+
+
+def test_fastv_prunes_half_after_layer_two():
+    (site,) = by_name("fastv.deos")["fastv"].sites
+    assert ir.RoleSelector(path=["decoder", "layers"], index=ir.Index(items=[ir.Point(at=ir.Num(value=2))])) == site.selectors[0]
+    assert site.retain == ir.RetainFixed(amount=ir.Num(value=0.5))
+    assert site.score == ir.ScoreAttention(query="last")
+    assert regime(site.operator)["gamma"].value.value == 0
+
+
+def test_sparsevlm_v1_inherits_sites_and_recycles():
+    spaces = by_name("sparsevlm.deos")
+    v1, v2 = spaces["sparsevlm_v1"], spaces["sparsevlm_v2"]
+    assert [s.selectors for s in v1.sites] == [s.selectors for s in v2.sites] and len(v1.sites) == 3
+    assert all(s.operator.form == "prune" for s in v2.sites)
+    assert all(s.operator.form == "unified" and s.operator.recycle.value == 30 for s in v1.sites)
+    assert [s.retain.amount.value for s in v1.sites] == [55, 60, 50]
+
+
+def test_pyramiddrop_keeps_lambda_per_stage_at_quarter_depths():
+    sites = by_name("pyramiddrop.deos")["pyramiddrop"].sites
+    assert [s.selectors[0].index.items[0].at for s in sites] == [ir.Num(value=v, unit="%") for v in (25, 50, 75)]
+    assert all(s.retain.amount.value == 0.5 for s in sites)
+
+
+def test_tome_evit_visionzip_pool_reweight_corners():
+    tome = by_name("tome.deos")["tome"].sites[0]
+    assert tome.retain == ir.RetainDrop(amount=ir.Num(value=16, unit="tokens"))
+    assert tome.operator.form == "merge" and tome.operator.proportional is True
+    assert regime(tome.operator)["tau"].value.value == 0
+    evit = by_name("evit.deos")["evit"].sites[0]
+    assert math.isinf(evit.operator.tau.value.value) and evit.operator.into == ir.IntoExtra(count=ir.Num(value=1))
+    visionzip = by_name("visionzip.deos")["visionzip"].sites[0]
+    assert visionzip.retain.amount.value == pytest.approx(9.375) and visionzip.operator.into.count.value == 10
+    pool = by_name("pool2x2.deos")["pool2x2"].sites[0]
+    assert pool.operator.window == (2, 2) and pool.selectors[0] == ir.RoleSelector(path=["projector"])
+    reweight = regime(by_name("reweight.deos")["reweight"].sites[0].operator)
+    assert reweight["gamma"].value.value == 0 and reweight["rho"].value.value == 0.5
+
+
+def test_eos_budgets_inherit_and_override():
+    spaces = by_name("eos.deos")
+    eos, eos_64 = spaces["eos"], spaces["eos_64"]
+    assert eos_64.sites == eos.sites and len(eos.sites) == 2
+    budgets = {c.quantity: c.bound for c in eos_64.constraints}
+    assert budgets["tokens.mean"].unit == "%" and budgets["tokens.mean"].value == pytest.approx(64 / 576 * 100)
+    assert budgets["flops"] == ir.Num(value=0.25, unit="dense")
+    projector, decoder = eos.sites
+    assert projector.score == ir.ScoreSignal(kind="norm") and decoder.score == ir.ScoreAttention(query="text")
+    assert isinstance(decoder.activate, ir.ActivateLearned) and decoder.operator.tau.scale == "log"
+    assert eos.objective.align.value == 0.1 and eos.policy.relaxation == "hard_concrete"
