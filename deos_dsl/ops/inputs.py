@@ -1,0 +1,112 @@
+"""Normalisation of the operator's inputs at one site (shared by the hard and relaxed forms)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
+
+import torch
+from torch import Tensor
+
+from deos_dsl.ops.affinity import unit_rows
+from deos_dsl.ops.params import compute_dtype
+from deos_dsl.ops.select import normalise_scores, reducible_positions
+
+
+@dataclass(frozen=True)
+class Site:
+    """Reducible-set view of the inputs, in the internal compute dtype.
+
+    v_list / v_idx: sorted reducible positions (Python list / LongTensor `[|V|]`);
+    protected: the other positions (Python list); x `[B, N, D]` all tokens; xv `[B, |V|, D]`;
+    sizes `[B, N]`; sv `[B, |V|]`; scores, shat `[B, |V|]`; f_unit `[B, |V|, d_f]`;
+    pos `[B or 1, |V|, p]` or None; eligible `[B, |V|]` bool; weights `[B, |V|]`.
+    """
+
+    v_list: list[int]
+    protected: list[int]
+    v_idx: Tensor
+    x: Tensor
+    xv: Tensor
+    sizes: Tensor
+    sv: Tensor
+    scores: Tensor
+    shat: Tensor
+    f_unit: Tensor
+    pos: Tensor | None
+    eligible: Tensor
+    weights: Tensor
+
+
+def over_reducible(t: Tensor, v_idx: Tensor, n: int, dim: int, what: str) -> Tensor:
+    """Restrict a per-token tensor whose token axis is `dim` and has length `N` to the
+    reducible set; a tensor already of length `|V|` along `dim` is returned unchanged."""
+    length = t.shape[dim]
+    if length == v_idx.numel():
+        return t
+    if length == n:
+        return t.index_select(dim, v_idx)
+    raise ValueError(f"{what}: token axis has length {length}, expected |V|={v_idx.numel()} or N={n}")
+
+
+class SiteInputs(TypedDict, total=False):
+    """Optional per-token inputs of both forms (each may be omitted or None).
+
+    features `[B, |V| or N, d_f]` affinity features (default: x); sizes `[B, N]` carried-in
+    token sizes (default 1); positions `[|V| or N, p]` or `[B, ., p]` for the locality term;
+    dest_eligible `[|V| or N]` or `[B, .]` bool, which kept tokens may receive transfer
+    (default all); source_weights `[B, |V| or N]` scale each dropped token's mass (default 1).
+    """
+
+    features: Tensor | None
+    sizes: Tensor | None
+    positions: Tensor | None
+    dest_eligible: Tensor | None
+    source_weights: Tensor | None
+
+
+def prepare_site(x: Tensor, reducible, scores: Tensor, **inputs: Unpack[SiteInputs]) -> Site:
+    """Validate shapes, restrict everything to the reducible set `V` and cast to the
+    compute dtype (float32, or float64 for float64 input)."""
+    unknown = set(inputs) - set(SiteInputs.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown operator inputs {sorted(unknown)}; expected {sorted(SiteInputs.__annotations__)}")
+    features, sizes, positions = inputs.get("features"), inputs.get("sizes"), inputs.get("positions")
+    dest_eligible, source_weights = inputs.get("dest_eligible"), inputs.get("source_weights")
+    if x.dim() != 3:
+        raise ValueError(f"x must be [B, N, D], got {tuple(x.shape)}")
+    b, n, _ = x.shape
+    cd = compute_dtype(x.dtype)
+    v_list = reducible_positions(reducible, n)
+    v_idx = torch.tensor(v_list, dtype=torch.long, device=x.device)
+    xc = x.to(cd)
+    xv = xc.index_select(1, v_idx)
+    sizes_c = torch.ones(b, n, dtype=cd, device=x.device) if sizes is None else sizes.to(cd).expand(b, n)
+    sv = sizes_c.index_select(1, v_idx)
+    sc = over_reducible(scores, v_idx, n, -1, "scores").to(cd).expand(b, -1)
+    feats = xv if features is None else over_reducible(features, v_idx, n, -2, "features").to(cd)
+    pos = None
+    if positions is not None:
+        pos = over_reducible(positions, v_idx, n, -2, "positions").to(cd)
+        pos = pos[None] if pos.dim() == 2 else pos
+    if dest_eligible is None:
+        elig = torch.ones(b, v_idx.numel(), dtype=torch.bool, device=x.device)
+    else:
+        elig = over_reducible(dest_eligible.bool(), v_idx, n, -1, "dest_eligible").expand(b, -1)
+    weights = sv.new_ones(()) if source_weights is None else over_reducible(source_weights, v_idx, n, -1, "source_weights").to(cd)
+    in_v = set(v_list)
+    return Site(
+        v_list=v_list,
+        protected=[i for i in range(n) if i not in in_v],
+        v_idx=v_idx,
+        x=xc,
+        xv=xv,
+        sizes=sizes_c,
+        sv=sv,
+        scores=sc,
+        shat=normalise_scores(sc),
+        f_unit=unit_rows(feats.expand(b, -1, -1)),
+        pos=pos,
+        eligible=elig,
+        weights=weights.expand(b, v_idx.numel()),
+    )

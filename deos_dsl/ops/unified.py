@@ -1,0 +1,142 @@
+"""HARD form of the unified operator: returns fewer tokens (DESIGN 1.1).
+
+Output layout: protected tokens and kept reducible tokens in ORIGINAL order; with
+`regime.fuse` one extra fused token is inserted right after the last reducible position.
+`kept_idx` gives the original position of every output token (-1 for the fused token) so
+callers can gather side tensors (position ids, RoPE tables, masks) with `gather_tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Unpack
+
+import torch
+from torch import Tensor
+
+from deos_dsl.ops.affinity import cosine_affinity, locality, tau_softmax
+from deos_dsl.ops.params import NEG_BIAS, Regime
+from deos_dsl.ops.select import hard_keep, keep_count
+from deos_dsl.ops.inputs import Site, SiteInputs, prepare_site
+from deos_dsl.ops.transfer import reweight, transfer
+
+
+@dataclass(frozen=True)
+class HardResult:
+    """x `[B, N', D]` (input dtype); kept_idx `[B, N']` long, original positions, -1 for the
+    fused token; sizes `[B, N']` (compute dtype); valid `[B, N']` bool (False only for
+    threshold padding slots and an empty fused token); attn_bias `[B, N']` additive
+    attention-logit bias (`log size` with proportional attention, `NEG_BIAS` if not valid)."""
+
+    x: Tensor
+    kept_idx: Tensor
+    sizes: Tensor
+    valid: Tensor
+    attn_bias: Tensor
+
+
+def attention_bias(mask: Tensor, sizes: Tensor, proportional: bool) -> Tensor:
+    """Additive key bias `log(mask) [+ log(sizes)]`, floored at `NEG_BIAS`; exactly
+    `NEG_BIAS` where the mask (or, with proportional attention, the size) is 0.
+    Gradients stay finite."""
+
+    def safe_log(t: Tensor) -> Tensor:
+        pos = t > 0
+        return torch.where(pos, torch.log(torch.where(pos, t, torch.ones_like(t))), torch.full_like(t, NEG_BIAS))
+
+    bias = safe_log(mask)
+    if proportional:
+        bias = bias + safe_log(sizes)
+    return torch.where(mask > 0, bias.clamp_min(NEG_BIAS), torch.full_like(bias, NEG_BIAS))
+
+
+def gather_tokens(t: Tensor, kept_idx: Tensor, fill: float = 0.0) -> Tensor:
+    """Gather a sequence-aligned side tensor `[B or 1, N, ...]` to `[B, N', ...]` with the
+    hard form's `kept_idx`; positions `-1` (fused token) are filled with `fill`."""
+    b = kept_idx.shape[0]
+    t = t.expand((b,) + t.shape[1:])
+    idx = kept_idx.clamp_min(0).reshape(kept_idx.shape + (1,) * (t.dim() - 2)).expand(kept_idx.shape + t.shape[2:])
+    out = torch.gather(t, 1, idx)
+    missing = (kept_idx < 0).reshape(idx.shape[:2] + (1,) * (t.dim() - 2))
+    return out.masked_fill(missing, fill)
+
+
+def transfer_plan(site: Site, dst: Tensor, dst_ok: Tensor, regime: Regime) -> tuple[Tensor, Tensor]:
+    """Affinity `S [B, |V|, n_dst]` from every reducible token to the destinations `dst`
+    `[B, n_dst]` (positions into V) and the `allowed` mask (eligible, locality window,
+    `dst_ok [B, n_dst]`)."""
+    dst_unit = torch.gather(site.f_unit, 1, dst[..., None].expand(-1, -1, site.f_unit.shape[-1]))
+    S = cosine_affinity(site.f_unit, dst_unit)
+    allowed = (dst_ok & torch.gather(site.eligible, 1, dst))[:, None, :]
+    if regime.locality is not None:
+        if site.pos is None:
+            raise ValueError("a locality term needs positions")
+        pos = site.pos.expand(dst.shape[0], -1, -1)
+        term, window = locality(pos, torch.gather(pos, 1, dst[..., None].expand(-1, -1, pos.shape[-1])), regime.locality)
+        S = S if term is None else S + term
+        allowed = allowed if window is None else allowed & window
+    return S, allowed
+
+
+def reduce_tokens(
+    x: Tensor,
+    reducible,
+    scores: Tensor,
+    *,
+    keep: int | float | None = None,
+    drop: int | None = None,
+    regime: Regime = Regime(),
+    **inputs: Unpack[SiteInputs],
+) -> HardResult:
+    """Hard unified operator.
+
+    x `[B, N, D]`; reducible: bool mask `[N]` / indices / range / slice (all other tokens are
+    protected and pass through untouched); scores `[B, |V|]` or `[B, N]` (higher = keep);
+    keep: count (int) or ratio c (float, `k = ceil(c |V|)`), or drop: number removed;
+    inputs: the optional `SiteInputs` (features, sizes, positions, dest_eligible,
+    source_weights).
+
+    `N' = |protected| + k (+1 with fuse)`; with a threshold `k` becomes `max_b k_b`.
+    """
+    site = prepare_site(x, reducible, scores, **inputs)
+    b, n, d = x.shape
+    n_v = site.v_idx.numel()
+    k = keep_count(n_v, keep, drop)
+    slots, valid = hard_keep(site.scores, k, site.shat, regime.theta)
+    kept_v = torch.zeros(b, n_v, dtype=torch.bool, device=x.device).scatter(1, slots, valid)
+    src_mass = (~kept_v) * site.sv * site.weights
+    a = reweight(torch.gather(site.xv, 1, slots[..., None].expand(-1, -1, d)), torch.gather(site.shat, 1, slots), regime.rho)
+    dst_size = torch.gather(site.sv, 1, slots) * valid
+    S, allowed = transfer_plan(site, slots, valid, regime)
+    if regime.fuse:
+        S = torch.cat([S, S.new_zeros(b, n_v, 1)], dim=2)
+        allowed = torch.cat([allowed.expand(b, n_v, -1), allowed.new_ones(b, n_v, 1)], dim=2)
+        a = torch.cat([a, a.new_zeros(b, 1, d)], dim=1)
+        dst_size = torch.cat([dst_size, dst_size.new_zeros(b, 1)], dim=1)
+    P = tau_softmax(S, regime.tau, allowed)
+    y, new_sizes = transfer(a, dst_size, P, src_mass, site.xv, regime.gamma, regime.nu, regime.incoming)
+
+    # Assemble protected + kept tokens in original order.
+    prot = torch.tensor(site.protected, dtype=torch.long, device=x.device)
+    n_slots = slots.shape[1]
+    idx = torch.cat([prot.expand(b, -1), site.v_idx[slots]], dim=1)
+    idx, order = torch.sort(idx, dim=1)
+    vals = torch.cat([site.x.index_select(1, prot), y[:, :n_slots]], dim=1)
+    vals = torch.gather(vals, 1, order[..., None].expand(-1, -1, d))
+    out_sizes = torch.gather(torch.cat([site.sizes.index_select(1, prot), new_sizes[:, :n_slots]], dim=1), 1, order)
+    out_valid = torch.gather(torch.cat([torch.ones_like(prot, dtype=torch.bool).expand(b, -1), valid], dim=1), 1, order)
+    if regime.fuse:
+        # The fused token goes right after the last reducible position.
+        at = sum(p < site.v_list[-1] for p in site.protected) + n_slots if n_v else len(site.protected)
+        insert = lambda t, item: torch.cat([t[:, :at], item, t[:, at:]], dim=1)  # noqa: E731
+        idx = insert(idx, idx.new_full((b, 1), -1))
+        vals = insert(vals, y[:, n_slots:])
+        out_sizes = insert(out_sizes, new_sizes[:, n_slots:])
+        out_valid = insert(out_valid, new_sizes[:, n_slots:] > 0)
+    return HardResult(
+        x=vals.to(x.dtype),
+        kept_idx=idx,
+        sizes=out_sizes,
+        valid=out_valid,
+        attn_bias=attention_bias(out_valid.to(out_sizes.dtype), out_sizes, regime.proportional),
+    )
