@@ -1,0 +1,1 @@
+"""deos_dsl.compiler: tracing frontend and block map."""
