@@ -52,11 +52,20 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean `{close[0]}`?" if close else None
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of `text` as Lark counts them: only `\\n` ends a line (unlike `str.splitlines`,
+    which also breaks at form feeds, `\\x85`, `\\u2028`, ...); a CRLF's `\\r` is dropped."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def with_sources(diagnostics: Iterable[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
     """Fill `source_line` from the texts of the files read so far (for the caret display)."""
     filled = []
     for diag in diagnostics:
-        lines = sources.get(diag.file, "").splitlines()
+        lines = source_lines(sources.get(diag.file, ""))
         line = lines[diag.line - 1] if 0 < diag.line <= len(lines) else None
         filled.append(replace(diag, source_line=line))
     return filled

@@ -16,7 +16,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from .diagnostics import DeosError, Diagnostic
+from .diagnostics import DeosError, Diagnostic, source_lines
 
 READABLE = {
     "NAME": "a name",
@@ -143,7 +143,7 @@ class Comment:
 def scan_comments(text: str) -> list[Comment]:
     """Every comment of a file that parsed (strings hold no newline, so a line scan is exact)."""
     found = []
-    lines = text.splitlines()
+    lines = source_lines(text)
     for number, line in enumerate(lines, start=1):
         in_string = False
         for col, char in enumerate(line):
