@@ -79,16 +79,54 @@ def cmd_fmt(args: argparse.Namespace, out: Console, err: Console) -> int:
     return status
 
 
+def _checked_spaces(file: str, err: Console) -> list[ir.Space] | None:
+    """The resolved spaces of `file`, or None after printing its errors (warnings are printed too)."""
+    spaces, diagnostics = check(file)
+    return spaces if _report(diagnostics, err) == EXIT_OK else None
+
+
 def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
-    spaces, diagnostics = check(args.file)
-    status = _report(diagnostics, err)
-    if status != EXIT_OK:
-        return status
+    spaces = _checked_spaces(args.file, err)
+    if spaces is None:
+        return EXIT_DIAGNOSTICS
     if args.json:
         out.print_json("[" + ",".join(space.model_dump_json() for space in spaces) + "]")
     else:
         for space in spaces:
             out.print(space_tree(space))
+    return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError, build_block_map, resolve_model, trace
+    from deos_dsl.compiler.render import block_table, sites_table
+    from deos_dsl.passes.bind_sites import bind_sites
+
+    spaces = _checked_spaces(args.space_file, err)
+    if spaces is None:
+        return EXIT_DIAGNOSTICS
+    chosen = [space for space in spaces if args.space in (None, space.name)]
+    if not chosen:
+        err.print(f"deos: error: no space `{args.space}` in {args.space_file} (spaces: "
+                  f"{', '.join(s.name for s in spaces) or 'none'})", highlight=False, markup=False)
+        return EXIT_DIAGNOSTICS
+    try:
+        loaded = resolve_model(args.model)
+        traced = trace(loaded.model, loaded.args, loaded.kwargs)
+        block_map = build_block_map(traced, loaded.roles, loaded.spans)
+        out.print(f"model {loaded.name}: {loaded.source}", highlight=False, markup=False)
+        out.print(f"tracer: {traced.tracer}" + "".join(f"\n  (failed first: {t}: {e})" for t, e in traced.failures)
+                  + f"\ndynamic dims: {traced.dynamic_dims or 'none'}", highlight=False, markup=False)
+        out.print(block_table(block_map))
+        for space in chosen:
+            out.print(sites_table(space.name, bind_sites(space, block_map)))
+    except DeosCompileError as error:
+        err.print(f"deos: error: {error.message}", highlight=False, markup=False)
+        if error.hint:
+            err.print(f"  hint: {error.hint}", highlight=False, markup=False)
+        return EXIT_DIAGNOSTICS
+    except DeosError as error:
+        return _report(error.diagnostics, err)
     return EXIT_OK
 
 
@@ -112,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     show_p.add_argument("file", metavar="FILE")
     show_p.add_argument("--json", action="store_true", help="JSON instead of a tree")
     show_p.set_defaults(run=cmd_show)
+    compile_p = commands.add_parser("compile", help="trace a model, map its blocks and bind a space's sites")
+    compile_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
+    compile_p.add_argument("--model", required=True, metavar="MODEL",
+                           help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
+    compile_p.add_argument("--space", metavar="NAME", help="compile only this space of the file (default: all)")
+    compile_p.set_defaults(run=cmd_compile)
     schema_p = commands.add_parser("schema", help="print the JSON schema of the IR")
     schema_p.set_defaults(run=cmd_schema)
     return parser

@@ -1,0 +1,191 @@
+"""The MODEL registry: names -> a frozen model plus example inputs, with no downloads ever.
+
+Names:
+- `embedded`: the shipped LLaVA-style model (trained weights when the weights file exists,
+  otherwise a seeded random init with the same config; `LoadedModel.source` says which);
+- `hf:<Architecture>`: a TINY random-initialised transformers model whose config is built in
+  code (see `HF_BUILDERS`);
+- `module:pkg.mod:factory`: a user factory; `factory()` returns a `LoadedModel`, or a tuple
+  `(model, args)` or `(model, args, kwargs)` of the model and its example inputs.
+
+Every model is returned in eval mode with parameters frozen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from deos_dsl.frontend.diagnostics import suggest
+
+from .errors import UnknownModelError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a tiny config never needs the hub
+
+Span = tuple[int, int]
+
+# Tiny sizes shared by the HF conformance models: 32x32 images of 8x8 patches (16 patches).
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=32, patch_size=8)
+TINY_TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+BATCH, TEXT_LEN, IMAGE_TOKEN = 2, 24, 100
+VISUAL_SPAN: Span = (2, 18)  # where the 16 image tokens sit in the tiny decoders' sequences
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace: `model(*args, **kwargs)` runs it on the example inputs.
+
+    `spans` maps a role to the reducible token span `[start, end)` of its stream when it cannot
+    be inferred from the graph; `roles` maps a role to a module-path prefix (an override).
+    """
+
+    name: str
+    model: nn.Module
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    spans: dict[str, Span] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    return model.eval().requires_grad_(False)
+
+
+def _embedded() -> LoadedModel:
+    from deos_dsl.embedded import EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
+
+    path = default_weights_path()
+    if path.exists():
+        model, source = load_default_model(), f"trained weights from {path}"
+    else:
+        torch.manual_seed(0)
+        model, source = _frozen(EmbeddedVQAModel(ModelConfig())), f"random init (no weights file at {path})"
+    cfg = model.config
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(BATCH, 3, cfg.image_size, cfg.image_size, generator=generator)
+    question = torch.randint(0, cfg.vocab_size, (BATCH, cfg.question_len), generator=generator)
+    return LoadedModel("embedded", model, (pixels, question), source=source)
+
+
+def _pixels(size: int = TINY_VISION["image_size"]) -> torch.Tensor:
+    return torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _tiny(name: str, build: Callable[[], nn.Module], **inputs: Any) -> LoadedModel:
+    torch.manual_seed(0)
+    model = _frozen(build())
+    return LoadedModel(f"hf:{name}", model, kwargs=inputs, source="random init (tiny config, no download)")
+
+
+def _clip() -> LoadedModel:
+    import transformers as tf
+
+    return _tiny("CLIPVisionModel", lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION)), pixel_values=_pixels())
+
+
+def _siglip() -> LoadedModel:
+    import transformers as tf
+
+    return _tiny("SiglipVisionModel", lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION)),
+                 pixel_values=_pixels())
+
+
+def _vit() -> LoadedModel:
+    import transformers as tf
+
+    return _tiny("ViTModel", lambda: tf.ViTModel(tf.ViTConfig(**TINY_VISION), add_pooling_layer=False),
+                 pixel_values=_pixels())
+
+
+def _text_ids() -> torch.Tensor:
+    """`[BATCH, TEXT_LEN]` token ids with the image placeholder over `VISUAL_SPAN`."""
+    ids = torch.randint(1, IMAGE_TOKEN, (BATCH, TEXT_LEN), generator=torch.Generator().manual_seed(0))
+    ids[:, VISUAL_SPAN[0]:VISUAL_SPAN[1]] = IMAGE_TOKEN
+    return ids
+
+
+def llava_config(vision: dict[str, Any], text: dict[str, Any]) -> Any:
+    """A LLaVA-1.5-style config (CLIP tower, Llama decoder, CLS dropped, features of layer -2)."""
+    import transformers as tf
+
+    return tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text),
+                          image_token_index=IMAGE_TOKEN,
+                          image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
+                          vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+
+def _llava() -> LoadedModel:
+    import transformers as tf
+
+    vision = dict(TINY_VISION, num_hidden_layers=3)
+    # use_cache=False lives in the config, not in **kwargs: a non-tensor entry of a `**kwargs`
+    # makes torch 2.13's dynamic-shape export fail ("Must provide a tree_name"), forcing static
+    text = dict(TINY_TEXT, use_cache=False)
+    return _tiny("LlavaForConditionalGeneration", lambda: tf.LlavaForConditionalGeneration(llava_config(vision, text)),
+                 input_ids=_text_ids(), pixel_values=_pixels())
+
+
+def _qwen2() -> LoadedModel:
+    import transformers as tf
+
+    embeds = torch.randn(BATCH, TEXT_LEN, TINY_TEXT["hidden_size"], generator=torch.Generator().manual_seed(0))
+    loaded = _tiny("Qwen2Model", lambda: tf.Qwen2Model(tf.Qwen2Config(**TINY_TEXT)), inputs_embeds=embeds, use_cache=False)
+    loaded.spans = {"decoder": VISUAL_SPAN}
+    return loaded
+
+
+HF_BUILDERS: dict[str, Callable[[], LoadedModel]] = {
+    "CLIPVisionModel": _clip,
+    "SiglipVisionModel": _siglip,
+    "ViTModel": _vit,
+    "LlavaForConditionalGeneration": _llava,
+    "Qwen2Model": _qwen2,
+}
+
+MODEL_NAMES = ("embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory")
+
+
+def _from_factory(name: str) -> LoadedModel:
+    spec = name.removeprefix("module:")
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UnknownModelError(f"bad model name `{name}`", "write `module:package.module:factory`")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise UnknownModelError(f"cannot import `{spec}`: {error}", "check the module path and the factory name") from None
+    if not callable(factory):
+        raise UnknownModelError(f"cannot call `{spec}`: it is a {type(factory).__name__}", "name a factory function")
+    made = factory()
+    if isinstance(made, LoadedModel):
+        loaded = made
+    elif isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module):
+        loaded = LoadedModel(name, made[0], tuple(made[1]), dict(made[2]) if len(made) == 3 else {})
+    else:
+        raise UnknownModelError(f"factory `{spec}` returned {type(made).__name__}",
+                                "return a LoadedModel or a tuple (model, args) / (model, args, kwargs)")
+    loaded.source = loaded.source or f"factory {spec}"
+    _frozen(loaded.model)
+    return loaded
+
+
+def resolve_model(name: str) -> LoadedModel:
+    """The model called `name` (see the module docstring); raises `UnknownModelError`."""
+    if name == "embedded":
+        return _embedded()
+    if name.startswith("module:"):
+        return _from_factory(name)
+    builder = HF_BUILDERS.get(name.removeprefix("hf:")) if name.startswith("hf:") else None
+    if builder is None:
+        known = ", ".join(MODEL_NAMES)
+        hint = suggest(name, MODEL_NAMES[:-1])
+        raise UnknownModelError(f"unknown model `{name}`", f"{hint + ' ' if hint else ''}known models: {known}")
+    return builder()

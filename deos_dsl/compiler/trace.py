@@ -1,0 +1,206 @@
+"""The compiler front end: turn a model into an fx `GraphModule` with shapes on every node.
+
+Tracers, tried in order until one succeeds:
+1. `torch.export.export(strict=False)` with `Dim.AUTO` on the sequence dimension (dim 1) of
+   every `[B, T]` / `[B, N, D]` tensor input, so that the length stays a symbol wherever the
+   model allows it (export specialises it silently otherwise); `TracedModel.dynamic_dims`
+   records which dims ended up symbolic (the discretise pass re-binds that symbol);
+2. `torch.fx.symbolic_trace`, followed by fake-tensor propagation (`meta['val']`);
+3. for HF vision-language models whose whole export fails on data-dependent preprocessing
+   (Qwen2-VL, LLaVA-OneVision): `torch.export` of the language model alone on `inputs_embeds`.
+Already traced input is accepted as is: an `fx.GraphModule` (propagated again when nodes lack
+`meta['val']`) or an `ExportedProgram`. When every tracer fails, ONE `UntraceableModelError`
+lists each tracer with the first line of its error.
+
+Invariant of a `TracedModel`: every tensor-valued node has `meta['val']` (a fake tensor whose
+shape may hold SymInts) and `graph_module(*args, **kwargs)` equals the model's forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.export import Dim, ExportedProgram, export
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from .errors import UntraceableModelError
+
+EXPORT, SYMBOLIC, LANGUAGE_MODEL = "torch.export", "torch.fx.symbolic_trace", "torch.export (language model on inputs_embeds)"
+TRACERS = (EXPORT, SYMBOLIC, LANGUAGE_MODEL)
+GIVEN_GRAPH, GIVEN_PROGRAM = "given fx.GraphModule", "given ExportedProgram"
+LANGUAGE_MODEL_PATHS = ("model.language_model", "language_model")
+HINT = ("make the forward traceable (no Python control flow on tensor values; see "
+        "docs/operator.md), or trace it yourself and pass the fx.GraphModule / ExportedProgram")
+
+
+@dataclass
+class TracedModel:
+    """A traced graph plus what produced it.
+
+    `root` is the module that was traced (the language model for the LM-only route) and
+    `args`/`kwargs` are ITS example inputs; `dynamic_dims[input][dim]` is the symbol name of each
+    dimension export kept symbolic; `failures` lists (tracer, error line) of the tracers tried first.
+    """
+
+    graph_module: fx.GraphModule
+    tracer: str
+    root: nn.Module | None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    dynamic_dims: dict[str, dict[int, str]] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def run(self) -> Any:
+        """The graph's output on the example inputs."""
+        return self.graph_module(*self.args, **self.kwargs)
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first non-empty line of the message` (what an attempt list shows)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _bound_inputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+    return inspect.signature(model.forward).bind(*args, **kwargs)
+
+
+def _sequence_spec(value: Any) -> dict[int, Any] | None:
+    """`{1: Dim.AUTO}` for token-like inputs `[B, T]` (ids, masks) and `[B, N, D]` (embeddings)."""
+    if isinstance(value, torch.Tensor) and value.ndim in (2, 3) and value.shape[1] > 1:
+        return {1: Dim.AUTO}
+    return None
+
+
+def sequence_dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`dynamic_shapes` for `export`, keyed like the forward's signature (a `**kwargs` is a dict)."""
+    bound = _bound_inputs(model, args, kwargs)
+    specs: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            specs[name] = {key: _sequence_spec(item) for key, item in value.items()}
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            specs[name] = tuple(_sequence_spec(item) for item in value)
+        else:
+            specs[name] = _sequence_spec(value)
+    return specs
+
+
+def _symbolic_dims(gm: fx.GraphModule) -> dict[str, dict[int, str]]:
+    dims: dict[str, dict[int, str]] = {}
+    for node in gm.graph.find_nodes(op="placeholder"):
+        shape = getattr(node.meta.get("val"), "shape", ())
+        symbols = {i: str(size) for i, size in enumerate(shape)
+                   if isinstance(size, torch.SymInt) and size.node.expr.free_symbols}
+        if symbols:
+            dims[node.target] = symbols
+    return dims
+
+
+def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
+    """`export(strict=False)` with a dynamic sequence dim, retried static if that fails."""
+    try:
+        dynamic = sequence_dynamic_shapes(model, args, kwargs)
+        program = export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+    except Exception:  # noqa: BLE001  (any export failure: the static retry decides)
+        program = export(model, args, kwargs, strict=False)
+    return program.module()
+
+
+def propagate(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Fill `meta['val']` of every node with fake tensors computed from the example inputs."""
+    placeholders = gm.graph.find_nodes(op="placeholder")
+    if kwargs and root is not None:
+        bound = _bound_inputs(root, args, kwargs)
+        bound.apply_defaults()
+        values = [bound.arguments.get(node.target) for node in placeholders]
+    else:
+        values = list(args) + [kwargs.get(node.target) for node in placeholders[len(args):]]
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes = [mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in values]
+    FakeTensorProp(gm, mode).propagate(*fakes)
+
+
+def _symbolic_trace(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
+    gm = fx.symbolic_trace(model)
+    propagate(gm, model, args, kwargs)
+    return gm
+
+
+def language_model_of(model: nn.Module) -> nn.Module | None:
+    """The text decoder of an HF vision-language model (`model.language_model`), if any."""
+    for path in LANGUAGE_MODEL_PATHS:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
+
+
+def language_model_inputs(language_model: nn.Module, length: int, batch: int = 2) -> dict[str, Any]:
+    """Example `inputs_embeds [batch, length, hidden]` (seeded) for an HF language model."""
+    hidden = language_model.config.hidden_size
+    embeds = torch.randn(batch, length, hidden, generator=torch.Generator().manual_seed(0))
+    param = next(language_model.parameters(), None)
+    if param is not None:
+        embeds = embeds.to(device=param.device, dtype=param.dtype)
+    return {"inputs_embeds": embeds, "use_cache": False}
+
+
+def trace_language_model(model: nn.Module, length: int = 24) -> TracedModel:
+    """Export the language model of a VLM alone on `inputs_embeds` of `length` tokens."""
+    language_model = language_model_of(model)
+    if language_model is None:
+        raise AttributeError(f"{type(model).__name__} has no {' / '.join(LANGUAGE_MODEL_PATHS)}")
+    kwargs = language_model_inputs(language_model, length)
+    gm = _export(language_model, (), kwargs)
+    return TracedModel(gm, LANGUAGE_MODEL, language_model, (), kwargs, _symbolic_dims(gm))
+
+
+def _from_traced(traced: fx.GraphModule | ExportedProgram, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TracedModel:
+    if isinstance(traced, ExportedProgram):
+        gm = traced.module()
+        return TracedModel(gm, GIVEN_PROGRAM, None, args, kwargs, _symbolic_dims(gm))
+    if any(node.op != "output" and "val" not in node.meta for node in traced.graph.nodes):
+        propagate(traced, None, args, kwargs)
+    return TracedModel(traced, GIVEN_GRAPH, None, args, kwargs, _symbolic_dims(traced))
+
+
+def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, ...] = (),
+          kwargs: dict[str, Any] | None = None, tracers: tuple[str, ...] = TRACERS,
+          language_model_length: int = 24) -> TracedModel:
+    """Trace `model` on the example inputs with the first of `tracers` that succeeds (in order).
+
+    `language_model_length` is the sequence length of the LM-only fallback's `inputs_embeds`.
+    Raises `UntraceableModelError` naming every tracer tried and why it failed.
+    """
+    kwargs = dict(kwargs or {})
+    if isinstance(model, (fx.GraphModule, ExportedProgram)):
+        return _from_traced(model, args, kwargs)
+    runs: dict[str, Callable[[], fx.GraphModule]] = {
+        EXPORT: lambda: _export(model, args, kwargs),
+        SYMBOLIC: lambda: _symbolic_trace(model, args, kwargs),
+    }
+    failures: list[tuple[str, str]] = []
+    for name, run in ((name, runs[name]) for name in tracers if name in runs):
+        try:
+            gm = run()
+        except Exception as error:  # noqa: BLE001  (every tracer failure is collected and reported)
+            failures.append((name, first_line(error)))
+            continue
+        return TracedModel(gm, name, model, args, kwargs, _symbolic_dims(gm), failures)
+    if LANGUAGE_MODEL in tracers and language_model_of(model) is not None:
+        try:
+            traced = trace_language_model(model, language_model_length)
+        except Exception as error:  # noqa: BLE001
+            failures.append((LANGUAGE_MODEL, first_line(error)))
+        else:
+            traced.failures = failures
+            return traced
+    raise UntraceableModelError(failures, HINT)

@@ -1,0 +1,96 @@
+"""Tracing: every tracer reproduces the eager model; untraceable models get one clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import fx, nn
+
+from compiler_models import CASES, DataDependent, loaded, tensors, traced
+from deos_dsl.compiler import UntraceableModelError, build_block_map, trace, trace_language_model
+from deos_dsl.compiler.trace import EXPORT, GIVEN_GRAPH, GIVEN_PROGRAM, LANGUAGE_MODEL, SYMBOLIC
+
+
+@pytest.mark.parametrize(("name", "tracer"), CASES)
+def test_traced_graph_equals_eager(name: str, tracer: str):
+    model, result = loaded(name), traced(name, tracer)
+    assert result.tracer == tracer and not result.failures
+    got, want = tensors(result.run()), tensors(model.model(*model.args, **model.kwargs))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    computed = [n for n in result.graph_module.graph.nodes if n.op in ("call_function", "call_module")]
+    assert all("val" in n.meta for n in computed if n.name != "_guards_fn")  # shapes everywhere
+
+
+def test_dynamic_sequence_dim_is_recorded():
+    symbols = traced("hf:Qwen2Model").dynamic_dims
+    assert list(symbols) == ["inputs_embeds"] and list(symbols["inputs_embeds"]) == [1]
+    assert symbols["inputs_embeds"][1].startswith("s")
+    assert list(traced("hf:LlavaForConditionalGeneration").dynamic_dims) == ["input_ids"]
+    # the embedded model's learned positions fix the question length: export specialises it
+    assert traced("embedded").dynamic_dims == {}
+
+
+def test_symbolic_trace_used_when_export_is_skipped():
+    result = traced("embedded", SYMBOLIC)
+    assert result.tracer == SYMBOLIC
+    assert any(n.op == "call_module" for n in result.graph_module.graph.nodes)
+
+
+def test_already_traced_input_is_accepted():
+    model = loaded("embedded")
+    program = torch.export.export(model.model, model.args, strict=False)
+    from_program = trace(program, model.args)
+    assert from_program.tracer == GIVEN_PROGRAM
+    gm = fx.symbolic_trace(model.model)
+    from_graph = trace(gm, model.args)
+    assert from_graph.tracer == GIVEN_GRAPH
+    assert all("val" in n.meta for n in gm.graph.nodes if n.op != "output")
+    for result in (from_program, from_graph):
+        torch.testing.assert_close(result.run(), model.model(*model.args), atol=1e-5, rtol=0)
+        assert [len(s.blocks) for s in build_block_map(result).stacks] == [4, 4]
+
+
+def test_untraceable_model_gets_one_error_listing_every_tracer():
+    with pytest.raises(UntraceableModelError) as caught:
+        trace(DataDependent(), (torch.randn(2, 3, 4),))
+    error = caught.value
+    assert [tracer for tracer, _ in error.attempts] == [EXPORT, SYMBOLIC]
+    text = str(error)
+    assert text.startswith("cannot trace the model; tried 2 tracer(s):")
+    for tracer, why in error.attempts:
+        assert f"  - {tracer}: {why}" in text and "\n" not in why and why
+    assert "hint:" in text and "ExportedProgram" in error.hint
+
+
+class UntraceableVLM(nn.Module):
+    """A VLM whose whole forward is data-dependent, with an HF language model inside."""
+
+    def __init__(self, language_model: nn.Module) -> None:
+        super().__init__()
+        self.language_model = language_model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.sum() > 0:
+            input_ids = input_ids[input_ids > 0]
+        return self.language_model(inputs_embeds=input_ids.float()[None, :, None].expand(1, -1, 32))[0]
+
+
+def test_language_model_fallback_traces_the_decoder_on_inputs_embeds():
+    language_model = loaded("hf:Qwen2Model").model
+    result = trace(UntraceableVLM(language_model), (torch.ones(2, 5, dtype=torch.long),), language_model_length=20)
+    assert result.tracer == LANGUAGE_MODEL and result.root is language_model
+    assert [t for t, _ in result.failures] == [EXPORT, SYMBOLIC]
+    assert result.kwargs["inputs_embeds"].shape == (2, 20, 32)
+    torch.testing.assert_close(result.run().last_hidden_state, language_model(**result.kwargs).last_hidden_state,
+                               atol=1e-5, rtol=0)
+
+
+def test_language_model_of_llava_binds_its_decoder():
+    result = trace_language_model(loaded("hf:LlavaForConditionalGeneration").model)
+    block_map = build_block_map(result, spans={"decoder": (2, 18)})
+    (stack,) = block_map.stacks
+    assert stack.role == "decoder" and len(stack.blocks) == 3
+    assert sorted(s.kind for s in stack.blocks[0].side) == ["mask", "positional", "positional"]
+    assert block_map.spans["decoder"] == (2, 18)
