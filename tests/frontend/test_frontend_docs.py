@@ -1,4 +1,4 @@
-"""Every ```deos block of docs/language.md is checked.
+"""Every ```deos block of docs/language.md and of the README's tour is checked.
 
 ```deos            -> a complete file that parses and validates
 ```deos parse-only -> parses (e.g. imports a file that the docs do not ship)
@@ -15,9 +15,19 @@ import pytest
 from deos_dsl.frontend.api import format_text, loads, parse
 from deos_dsl.frontend.diagnostics import DeosError
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "language.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "language.md"
 BLOCK = re.compile(r"^```deos(?P<mode>[ \w-]*)\n(?P<body>.*?)^```$", re.S | re.M)
-BLOCKS = [(m["mode"].strip() or "valid", m["body"], DOC.read_text()[: m.start()].count("\n") + 1) for m in BLOCK.finditer(DOC.read_text())]
+
+
+def deos_blocks(path: Path) -> list[tuple[str, str, int]]:
+    """(mode, body, line) of every ```deos block of a Markdown file."""
+    text = path.read_text()
+    return [(m["mode"].strip() or "valid", m["body"], text[: m.start()].count("\n") + 1) for m in BLOCK.finditer(text)]
+
+
+BLOCKS = deos_blocks(DOC)
+README_BLOCKS = deos_blocks(ROOT / "README.md")
 
 
 def test_docs_have_an_example_per_construct():
@@ -29,7 +39,9 @@ def test_docs_have_an_example_per_construct():
     assert {mode for mode, _, _ in BLOCKS} == {"valid", "parse-only", "error"}
 
 
-@pytest.mark.parametrize(("mode", "body", "line"), BLOCKS, ids=[f"line{line}-{mode}" for mode, _, line in BLOCKS])
+@pytest.mark.parametrize(("mode", "body", "line"), BLOCKS + README_BLOCKS,
+                         ids=[f"language.md:{line}-{mode}" for mode, _, line in BLOCKS]
+                         + [f"README.md:{line}-{mode}" for mode, _, line in README_BLOCKS])
 def test_doc_example(mode: str, body: str, line: int):
     if mode == "error":
         parse(body)  # the rejection is semantic, not a typo in the example
