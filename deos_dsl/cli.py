@@ -14,7 +14,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from rich.console import Console
 
@@ -24,6 +24,9 @@ from deos_dsl.frontend.api import check, format_text
 from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.frontend.loader import read_source
 from deos_dsl.frontend.render import render_diagnostics, space_tree
+
+if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit
+    from deos_dsl.compiler.errors import DeosCompileError
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
@@ -97,6 +100,16 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _compile_failure(error: DeosCompileError | DeosError, err: Console) -> int:
+    """Report a failed compile: a `DeosError`'s diagnostics, or a model error's message and hint."""
+    if isinstance(error, DeosError):
+        return _report(error.diagnostics, err)
+    err.print(f"deos: error: {error.message}", highlight=False, markup=False)
+    if error.hint:
+        err.print(f"  hint: {error.hint}", highlight=False, markup=False)
+    return EXIT_DIAGNOSTICS
+
+
 def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import DeosCompileError, build_block_map, resolve_model, trace
     from deos_dsl.compiler.render import block_table, sites_table
@@ -120,13 +133,37 @@ def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(block_table(block_map))
         for space in chosen:
             out.print(sites_table(space.name, bind_sites(space, block_map)))
-    except DeosCompileError as error:
-        err.print(f"deos: error: {error.message}", highlight=False, markup=False)
-        if error.hint:
-            err.print(f"  hint: {error.hint}", highlight=False, markup=False)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    return EXIT_OK
+
+
+def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError, resolve_model
+    from deos_dsl.compiler.emit import compile_emitted, write_artifacts
+
+    spaces = _checked_spaces(args.space_file, err)
+    if spaces is None:
         return EXIT_DIAGNOSTICS
-    except DeosError as error:
-        return _report(error.diagnostics, err)
+    chosen = [space for space in spaces if args.space in (None, space.name)]
+    if len(chosen) != 1:
+        names = ", ".join(s.name for s in spaces) or "none"
+        what = f"no space `{args.space}`" if args.space else f"{len(chosen)} spaces"
+        err.print(f"deos: error: {what} in {args.space_file}; emit needs exactly one (spaces: {names})",
+                  highlight=False, markup=False)
+        if not args.space and chosen:
+            err.print("  hint: pick one with --space NAME", highlight=False, markup=False)
+        return EXIT_DIAGNOSTICS
+    try:
+        emitted = compile_emitted(chosen[0], resolve_model(args.model))
+        paths = write_artifacts(emitted, Path(args.out))
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    for name, plan in emitted.plans.items():
+        n_in, n_out = emitted.lengths.get(name, ("-", "-"))
+        state = f"keeps {plan.keep}/{plan.entering} reducible, tokens {n_in} -> {n_out}" if plan.active else "off"
+        out.print(f"site {name}: {state}", highlight=False, markup=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -156,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
     compile_p.add_argument("--space", metavar="NAME", help="compile only this space of the file (default: all)")
     compile_p.set_defaults(run=cmd_compile)
+    emit_p = commands.add_parser("emit", help="emit a space's reduced model: model.pt2, model.py, plan.json")
+    emit_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
+    emit_p.add_argument("--model", required=True, metavar="MODEL",
+                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
+    emit_p.add_argument("--out", required=True, metavar="DIR", help="a new directory for the artefacts")
+    emit_p.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
+    emit_p.set_defaults(run=cmd_emit)
     schema_p = commands.add_parser("schema", help="print the JSON schema of the IR")
     schema_p.set_defaults(run=cmd_schema)
     return parser

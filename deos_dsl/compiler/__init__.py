@@ -4,6 +4,11 @@
 >>> traced = trace(loaded.model, loaded.args, loaded.kwargs)     # torch.export, else fx
 >>> block_map = build_block_map(traced, loaded.roles, loaded.spans)
 >>> from deos_dsl.passes.bind_sites import bind_sites             # pass 1 (torch.fx PassBase)
+
+Then, each a torch.fx PassBase in `deos_dsl.passes`: insert_scores (2), insert_relaxed (3, the
+search graph with `site_module.SiteModule`s), or discretise (4, hard sites, sequence re-binding),
+cleanup (5) and verify (6); `emit.compile_emitted` / `emit.write_artifacts` run 1, 2, 4-6 and
+write model.pt2, model.py and plan.json (`deos emit`).
 """
 
 from .blocks import Block, BlockMap, SideTensor, Stack, build_block_map

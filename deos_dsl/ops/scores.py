@@ -70,12 +70,11 @@ def bipartite_scores(features: Tensor, a_set: Tensor) -> Tensor:
     the most redundant A tokens rank lowest; B tokens score 2 (> any A score, never dropped).
     """
     unit = unit_rows(features)
-    a_idx, b_idx = a_set.nonzero().flatten(), (~a_set).nonzero().flatten()
-    scores = torch.full(features.shape[:2], 2.0, dtype=features.dtype, device=features.device)
-    if a_idx.numel() and b_idx.numel():
-        best = (unit[:, a_idx] @ unit[:, b_idx].transpose(-1, -2)).amax(dim=-1)
-        scores = scores.index_copy(1, a_idx, -best)
-    return scores
+    # masked instead of indexed (no nonzero): static shapes, so it traces and fake-propagates
+    pairs = a_set[:, None] & ~a_set[None, :]
+    best = (unit @ unit.transpose(-1, -2)).masked_fill(~pairs, -math.inf).amax(dim=-1)
+    has_b = (~a_set).any()
+    return torch.where(a_set & has_b, -best, torch.full_like(best, 2.0))
 
 
 class LearnedScorer(nn.Module):

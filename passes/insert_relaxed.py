@@ -1,0 +1,146 @@
+"""Pass 3: insert a trainable relaxed site module after every bound site's stream node.
+
+For each site, in graph order: a `SiteModule` (`deos_dsl.compiler.site_module`) is added as
+submodule `deos_site_<i>` and called on the site's stream, its score and features (pass 2)
+and the soft keep mask / sizes carried in from the previous site upstream; every other use of
+the stream reads the site's output `y` instead (`replace_all_uses_with` with a
+`delete_user_cb`, no self-loop). Carrying: within a block stack, site to site; from a
+projector site into the decoder stack, placed at the decoder's reducible span (the two spans
+must have the same length). A vision-encoder site's mask does not cross the projector (the
+relaxed search sees its merged values only; the emitted graph really removes the tokens).
+
+Masking: every attention node of a LATER block the site reaches gets
+`attn_mask = key_mask(bias, q, its own mask, is_causal)` and `is_causal=False`
+(`deos_dsl.compiler.masking`): the site's additive key bias on top of the node's causal or
+existing mask; attention scores recomputed from that node (pass 2) see the same mask.
+
+Shape (torch.fx `PassBase`): `requires` checks the scores belong to the sites and no site
+module exists; `call` edits the graph, then lints, recompiles and propagates fake tensors;
+`ensures` checks each site module is called once on a `[B, N, D]` stream with the same shape
+out, and that the model's own parameters stay frozen (only site modules train).
+"""
+
+from __future__ import annotations
+
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from deos_dsl.compiler.blocks import Block, BlockMap
+from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.compiler.graph_edit import add_key_bias, call_on_stream, insert_after, refresh, sdpa_nodes
+from deos_dsl.compiler.masking import place_tokens
+from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.frontend import ir
+
+from .bind_sites import BoundSite
+from .insert_scores import META_SDPA, SiteScores
+
+PREFIX = "deos_site_"
+OUTPUTS = ("x", "mask", "sizes", "bias")
+
+
+def site_module(space: ir.Space, site: BoundSite, scores: SiteScores) -> SiteModule:
+    """A fresh `SiteModule` for `site`, initialised from the space's IR."""
+    return SiteModule(site.name, space.sites[site.site_index], scores.span, int(site.node.meta["val"].shape[-1]))
+
+
+class InsertRelaxed(PassBase):
+    """Insert the site modules; `self.modules[site.name]` and `self.calls[site.name]` hold them."""
+
+    def __init__(self, space: ir.Space, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores]) -> None:
+        self.space, self.block_map, self.sites, self.scores = space, block_map, sites, scores
+        self.modules: dict[str, SiteModule] = {}
+        self.calls: dict[str, fx.Node] = {}
+        self._outputs: dict[str, dict[str, fx.Node]] = {}
+
+    def requires(self, graph_module: fx.GraphModule) -> None:
+        if {site.name for site in self.sites} != set(self.scores):
+            raise ValueError("insert_relaxed: the scores were inserted for other sites")
+        if any(name.startswith(PREFIX) for name, _ in graph_module.named_children()):
+            raise ValueError("insert_relaxed: the graph already has site modules")
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        done: list[BoundSite] = []
+        streams: dict[str, tuple[fx.Node, fx.Node]] = {}  # block path -> (output stream, last node defining it)
+        for index, site in enumerate(self.sites):
+            stream, anchor = streams.get(site.block.path, (site.node, site.node))
+            carried = self._carried(done, site.block, strict=False)
+            streams[site.block.path] = self._insert(graph_module, index, site, stream, anchor, carried)
+            done.append(site)
+        for stack in self.block_map.stacks:
+            for block in stack.blocks:
+                carried = self._carried(done, block, strict=True)
+                if carried is not None:
+                    self._mask_attention(block, carried[2])
+        refresh(self.block_map.traced)
+        return PassResult(graph_module, True)
+
+    def ensures(self, graph_module: fx.GraphModule) -> None:
+        graph_module.graph.lint()
+        for name, call in self.calls.items():
+            y = next(user for user in call.users if user.args[1] == 0)
+            if call.args[0].meta["val"].shape != y.meta["val"].shape:
+                raise AssertionError(f"insert_relaxed: site {name} changed the stream's shape")
+        if any(p.requires_grad for n, p in graph_module.named_parameters() if not n.startswith(PREFIX)):
+            raise AssertionError("insert_relaxed: a model parameter is trainable; the model must stay frozen")
+
+    # ---- insertion ----------------------------------------------------------------------
+    def _insert(self, gm: fx.GraphModule, index: int, site: BoundSite, stream: fx.Node, anchor: fx.Node,
+                carried: tuple[fx.Node, fx.Node, fx.Node] | None) -> tuple[fx.Node, fx.Node]:
+        """Insert site `index` on `stream` after `anchor`; returns (its output stream, its last node)."""
+        inserted = self.scores[site.name]
+        module = site_module(self.space, site, inserted)
+        gm.add_submodule(f"{PREFIX}{index}", module)
+        mask, sizes = (carried[0], carried[1]) if carried else (None, None)
+        args = (stream, inserted.score, mask, sizes, inserted.features)
+        outputs = call_on_stream(anchor, f"{PREFIX}{index}", args, OUTPUTS, inserted.score, site.node)
+        call, last = outputs.pop("call"), outputs[OUTPUTS[-1]]
+        self.modules[site.name], self.calls[site.name], self._outputs[site.name] = module, call, outputs
+        return outputs["x"], last
+
+    def _carried(self, done: list[BoundSite], block: Block, strict: bool) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+        """(mask, sizes, bias) of the latest done site reaching `block` (`strict`: an earlier block only)."""
+        same = [s for s in done if s.block.stack == block.stack and
+                (s.block.index < block.index or (not strict and s.block.index == block.index))]
+        if same:
+            outputs = self._outputs[same[-1].name]
+            return outputs["mask"], outputs["sizes"], outputs["bias"]
+        projector = self.block_map.projector
+        decoder = self.block_map.stack("decoder")
+        from_projector = [s for s in done if projector is not None and s.block is projector]
+        if from_projector and decoder is not None and block.stack == decoder.prefix:
+            return self._placed(from_projector[-1], decoder.blocks[0])
+        return None
+
+    def _placed(self, site: BoundSite, first: Block) -> tuple[fx.Node, fx.Node, fx.Node]:
+        """The projector site's (mask, sizes, bias) placed on the decoder stream (built once)."""
+        key = f"{site.name}->decoder"
+        if key not in self._outputs:
+            span = self.block_map.spans.get("decoder")
+            width = self.scores[site.name].span
+            if span is None or span[1] - span[0] != width[1] - width[0]:
+                raise DeosCompileError(f"site `{site.name}`: the projector's reducible span {width} does not map onto "
+                                       f"the decoder's {span}", "give both roles spans of the same length")
+            outputs = self._outputs[site.name]
+            placed, last = {}, first.entry
+            for name, fill in (("mask", 1.0), ("sizes", 1.0), ("bias", 0.0)):
+                last = placed[name] = insert_after(last, place_tokens, (outputs[name], first.entry, span[0], fill))
+            self._outputs[key] = placed
+        placed = self._outputs[key]
+        return placed["mask"], placed["sizes"], placed["bias"]
+
+    @staticmethod
+    def _mask_attention(block: Block, bias: fx.Node) -> None:
+        for sdpa in sdpa_nodes(block.nodes):
+            mask = add_key_bias(sdpa, bias)
+            for user in [n for n in sdpa.graph.nodes if n.meta.get(META_SDPA) is sdpa]:
+                user.update_arg(2, mask)
+                user.update_arg(3, False)
+
+
+def insert_relaxed(space: ir.Space, block_map: BlockMap, sites: list[BoundSite],
+                   scores: dict[str, SiteScores]) -> dict[str, SiteModule]:
+    """Run `InsertRelaxed` on the block map's graph; returns `site name -> SiteModule`."""
+    inserted = InsertRelaxed(space, block_map, sites, scores)
+    inserted(block_map.graph_module)
+    return inserted.modules

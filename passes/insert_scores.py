@@ -1,0 +1,119 @@
+"""Pass 2: insert the importance score (and affinity features) of every bound site.
+
+Per site (its `score` setting, `deos_dsl.compiler.site_scores`):
+- `attention(query: last | cls | text)`: ONE recomputed query row from the q and k feeding the
+  block's (last) attention node, post-RoPE `[B, H, N, dh]`, with that node's mask, causality
+  and scale; the node is inserted right after the attention node;
+- `norm`, `similarity(to: text | tokens)`, `position`: computed on the block's output stream;
+- `learned`: nothing here (the site module owns the scorer).
+`affinity: keys` also inserts the head-mean keys of the block's attention as features (a block
+without attention, e.g. the projector, uses its hidden states as `affinity: hidden` does).
+
+Shape (torch.fx `PassBase`): `requires` checks the sites are bound to this graph and no score
+exists yet; `call` inserts the nodes (tagged `meta['deos_score']` = site name; an attention
+score also records its attention node in `meta['deos_score_sdpa']`; the span is the keyword
+`span`, which discretise rewrites when tokens shrink), then lints, recompiles
+and propagates fake tensors; `ensures` checks every inserted score is `[B, N]`, every feature
+`[B, N, d]`, and that no existing node reads them (the output is unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from deos_dsl.compiler.blocks import BlockMap
+from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.compiler.graph_edit import insert_after, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.site_scores import mean_keys, query_attention, stream_score
+from deos_dsl.compiler.spans import reducible_span
+from deos_dsl.frontend import ir
+
+from .bind_sites import BoundSite
+
+META_SCORE, META_SDPA = "deos_score", "deos_score_sdpa"
+
+
+@dataclass
+class SiteScores:
+    """The inserted nodes of one site: `score [B, N]` (None for a learned scorer) and
+    optional `features [B, N, d]`, plus the reducible `span` of the site's stream."""
+
+    score: fx.Node | None
+    features: fx.Node | None
+    span: tuple[int, int]
+
+
+def _stream_kind(score: ir.Score) -> str:
+    if isinstance(score, ir.ScoreSimilarity):
+        return score.to
+    return score.kind
+
+
+class InsertScores(PassBase):
+    """Insert each site's score / features; the result is `self.scores[site.name]`."""
+
+    def __init__(self, space: ir.Space, block_map: BlockMap, sites: list[BoundSite]) -> None:
+        self.space, self.block_map, self.sites = space, block_map, sites
+        self.scores: dict[str, SiteScores] = {}
+
+    def requires(self, graph_module: fx.GraphModule) -> None:
+        nodes = set(graph_module.graph.nodes)
+        if graph_module is not self.block_map.graph_module or any(site.node not in nodes for site in self.sites):
+            raise ValueError("insert_scores: the sites were bound to another graph")
+        if any(META_SCORE in node.meta for node in nodes):
+            raise ValueError("insert_scores: the graph already has site scores")
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        for site in self.sites:
+            settings = self.space.sites[site.site_index]
+            span = reducible_span(self.space, self.block_map, site.block)
+            attention = self._attention(site, required=isinstance(settings.score, ir.ScoreAttention))
+            features = None
+            if settings.operator.affinity == "keys" and attention is not None:
+                features = insert_after(attention, mean_keys, (sdpa_argument(attention, "key"),))
+            score = self._score(site, settings.score, span, attention, features)
+            for node in (score, features):
+                if node is not None:
+                    node.meta[META_SCORE] = site.name
+            self.scores[site.name] = SiteScores(score, features, span)
+        refresh(self.block_map.traced)
+        return PassResult(graph_module, True)
+
+    def ensures(self, graph_module: fx.GraphModule) -> None:
+        for name, inserted in self.scores.items():
+            for node, ndim in ((inserted.score, 2), (inserted.features, 3)):
+                if node is None:
+                    continue
+                if node.meta["val"].ndim != ndim or any(META_SCORE not in user.meta for user in node.users):
+                    raise AssertionError(f"insert_scores: site {name}: bad score node {node.name}")
+
+    @staticmethod
+    def _attention(site: BoundSite, required: bool) -> fx.Node | None:
+        found = sdpa_nodes(site.block.nodes)
+        if not found and required:
+            raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` has no scaled_dot_product_attention "
+                                   "to recompute attention scores from", "use `score: norm` on blocks without attention")
+        return found[-1] if found else None
+
+    def _score(self, site: BoundSite, score: ir.Score, span: tuple[int, int], attention: fx.Node | None,
+               features: fx.Node | None) -> fx.Node | None:
+        if isinstance(score, ir.ScoreAttention):
+            assert attention is not None
+            args = tuple(sdpa_argument(attention, name) for name in ("query", "key", "attn_mask", "is_causal", "scale"))
+            node = insert_after(features or attention, query_attention, (*args, score.query), {"span": span})
+            node.meta[META_SDPA] = attention
+            return node
+        if isinstance(score, ir.ScoreSignal) and score.kind == "learned":
+            return None
+        # features come from the block's attention, which precedes the block output
+        return insert_after(site.node, stream_score, (site.node, _stream_kind(score)), {"span": span, "features": features})
+
+
+def insert_scores(space: ir.Space, block_map: BlockMap, sites: list[BoundSite]) -> dict[str, SiteScores]:
+    """Run `InsertScores` on the block map's graph; returns `site name -> SiteScores`."""
+    inserted = InsertScores(space, block_map, sites)
+    inserted(block_map.graph_module)
+    return inserted.scores
