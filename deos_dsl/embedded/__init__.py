@@ -1,0 +1,19 @@
+"""The embedded default: a procedural VQA benchmark and a small trained LLaVA-style model.
+
+>>> from deos_dsl.embedded import load_default_model, fixed_eval_batch, evaluate
+>>> model = load_default_model()            # eval mode, frozen, float32
+>>> model.visual_span, model.vision_grid    # (0, 144), (12, 12)
+>>> evaluate(model, fixed_eval_batch())     # accuracy per question family (percent)
+"""
+
+from .evaluate import accuracy_per_family, evaluate, majority_baseline, predict
+from .loading import WeightsError, default_weights_path, load_default_model, load_model
+from .model import EmbeddedVQAModel, ModelConfig
+from .vqa import ANSWERS, FAMILIES, QUESTION_WORDS, Batch, VQADataset, fixed_eval_batch, make_example
+
+__all__ = [
+    "ANSWERS", "FAMILIES", "QUESTION_WORDS", "Batch", "EmbeddedVQAModel", "ModelConfig",
+    "VQADataset", "WeightsError", "accuracy_per_family", "default_weights_path", "evaluate",
+    "fixed_eval_batch", "load_default_model", "load_model", "majority_baseline",
+    "make_example", "predict",
+]
