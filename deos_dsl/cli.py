@@ -110,18 +110,33 @@ def _compile_failure(error: DeosCompileError | DeosError, err: Console) -> int:
     return EXIT_DIAGNOSTICS
 
 
+def _selected_spaces(args: argparse.Namespace, err: Console, *, exactly_one: bool) -> list[ir.Space] | None:
+    """The checked spaces of `args.space_file` named by `--space` (all without it); None after
+    reporting an invalid file, an unknown name, or several spaces where `exactly_one` is asked."""
+    spaces = _checked_spaces(args.space_file, err)
+    if spaces is None:
+        return None
+    chosen = [space for space in spaces if args.space in (None, space.name)]
+    names = ", ".join(s.name for s in spaces) or "none"
+    if not chosen:
+        err.print(f"deos: error: no space `{args.space}` in {args.space_file} (spaces: {names})",
+                  highlight=False, markup=False)
+        return None
+    if exactly_one and len(chosen) != 1:
+        err.print(f"deos: error: {len(chosen)} spaces in {args.space_file}; {args.command} needs exactly one "
+                  f"(spaces: {names})", highlight=False, markup=False)
+        err.print("  hint: pick one with --space NAME", highlight=False, markup=False)
+        return None
+    return chosen
+
+
 def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import DeosCompileError, build_block_map, resolve_model, trace
     from deos_dsl.compiler.render import block_table, sites_table
     from deos_dsl.passes.bind_sites import bind_sites
 
-    spaces = _checked_spaces(args.space_file, err)
-    if spaces is None:
-        return EXIT_DIAGNOSTICS
-    chosen = [space for space in spaces if args.space in (None, space.name)]
-    if not chosen:
-        err.print(f"deos: error: no space `{args.space}` in {args.space_file} (spaces: "
-                  f"{', '.join(s.name for s in spaces) or 'none'})", highlight=False, markup=False)
+    chosen = _selected_spaces(args, err, exactly_one=False)
+    if chosen is None:
         return EXIT_DIAGNOSTICS
     try:
         loaded = resolve_model(args.model)
@@ -142,17 +157,8 @@ def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import DeosCompileError, resolve_model
     from deos_dsl.compiler.emit import compile_emitted, write_artifacts
 
-    spaces = _checked_spaces(args.space_file, err)
-    if spaces is None:
-        return EXIT_DIAGNOSTICS
-    chosen = [space for space in spaces if args.space in (None, space.name)]
-    if len(chosen) != 1:
-        names = ", ".join(s.name for s in spaces) or "none"
-        what = f"no space `{args.space}`" if args.space else f"{len(chosen)} spaces"
-        err.print(f"deos: error: {what} in {args.space_file}; emit needs exactly one (spaces: {names})",
-                  highlight=False, markup=False)
-        if not args.space and chosen:
-            err.print("  hint: pick one with --space NAME", highlight=False, markup=False)
+    chosen = _selected_spaces(args, err, exactly_one=True)
+    if chosen is None:
         return EXIT_DIAGNOSTICS
     try:
         emitted = compile_emitted(chosen[0], resolve_model(args.model))
