@@ -36,7 +36,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import Block, BlockMap
 from deos_dsl.compiler.errors import DeosCompileError
-from deos_dsl.compiler.graph_edit import add_key_bias, call_on_stream, insert_after, refresh, sdpa_nodes
+from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.hard_site import HardSite, SitePlan, plan_site
 from deos_dsl.compiler.masking import gather_mask
 from deos_dsl.compiler.site_module import SiteModule
@@ -47,7 +47,7 @@ from deos_dsl.ops import gather_tokens
 from .bind_sites import BoundSite
 from .insert_relaxed import PREFIX as RELAXED_PREFIX
 from .insert_relaxed import site_module
-from .insert_scores import META_SDPA, SiteScores
+from .insert_scores import META_SDPA, SiteScores, bias_attention
 
 PREFIX = "deos_hard_"
 META_REBIND = "deos_rebind"
@@ -96,14 +96,19 @@ class Discretise(PassBase):
         for index, site in enumerate(self._active()):
             stream, anchor = streams.get(site.block.path, (site.node, site.node))
             outputs = self._insert(graph_module, index, site, stream, anchor, sizes.get(site.block.stack))
-            if self.plans[site.name].proportional:
-                sizes[site.block.stack] = outputs["sizes"]
-            streams[site.block.path] = (outputs["x"], self._rebind(self._later(site), outputs, current))
-            if self.plans[site.name].proportional:
-                biases.update((block.path, (block, outputs["bias"])) for block in self._later(site))
+            later = self._later(site)
+            streams[site.block.path] = (outputs["x"], self._rebind(later, outputs, current))
+            # as in the relaxed graph, the latest site of a stack governs: the next site weighs by its
+            # sizes, and the blocks after it attend with its `log size` bias (none when it is not
+            # proportional: its bias is then 0 on every token)
+            sizes[site.block.stack] = outputs["sizes"]
+            for block in later:
+                if self.plans[site.name].proportional:
+                    biases[block.path] = (block, outputs["bias"])
+                else:
+                    biases.pop(block.path, None)
         for block, bias in biases.values():  # once per block, on its re-bound mask
-            for sdpa in sdpa_nodes(block.nodes):
-                add_key_bias(sdpa, bias)
+            bias_attention(block, bias)
         try:
             refresh(self.block_map.traced)
         except DeosCompileError:

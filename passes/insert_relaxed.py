@@ -27,13 +27,13 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import Block, BlockMap
 from deos_dsl.compiler.errors import DeosCompileError
-from deos_dsl.compiler.graph_edit import add_key_bias, call_on_stream, insert_after, refresh, sdpa_nodes
+from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.masking import place_tokens
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.frontend import ir
 
 from .bind_sites import BoundSite
-from .insert_scores import META_SDPA, SiteScores
+from .insert_scores import SiteScores, bias_attention
 
 PREFIX = "deos_site_"
 OUTPUTS = ("x", "mask", "sizes", "bias")
@@ -71,7 +71,7 @@ class InsertRelaxed(PassBase):
             for block in stack.blocks:
                 carried = self._carried(done, block, strict=True)
                 if carried is not None:
-                    self._mask_attention(block, carried[2])
+                    bias_attention(block, carried[2])
         refresh(self.block_map.traced)
         return PassResult(graph_module, True)
 
@@ -128,14 +128,6 @@ class InsertRelaxed(PassBase):
             self._outputs[key] = placed
         placed = self._outputs[key]
         return placed["mask"], placed["sizes"], placed["bias"]
-
-    @staticmethod
-    def _mask_attention(block: Block, bias: fx.Node) -> None:
-        for sdpa in sdpa_nodes(block.nodes):
-            mask = add_key_bias(sdpa, bias)
-            for user in [n for n in sdpa.graph.nodes if n.meta.get(META_SDPA) is sdpa]:
-                user.update_arg(2, mask)
-                user.update_arg(3, False)
 
 
 def insert_relaxed(space: ir.Space, block_map: BlockMap, sites: list[BoundSite],

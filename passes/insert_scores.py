@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from deos_dsl.compiler.blocks import BlockMap
+from deos_dsl.compiler.blocks import Block, BlockMap
 from deos_dsl.compiler.errors import DeosCompileError
-from deos_dsl.compiler.graph_edit import insert_after, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.graph_edit import add_key_bias, insert_after, refresh, sdpa_argument, sdpa_nodes
 from deos_dsl.compiler.site_scores import mean_keys, query_attention, stream_score
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.frontend import ir
@@ -110,6 +110,17 @@ class InsertScores(PassBase):
             return None
         # features come from the block's attention, which precedes the block output
         return insert_after(site.node, stream_score, (site.node, _stream_kind(score)), {"span": span, "features": features})
+
+
+def bias_attention(block: Block, bias: fx.Node) -> None:
+    """Add the key `bias [B, N]` to every attention node of `block`, and point the attention
+    scores recomputed from those nodes at the same new mask, so a score always reads the
+    logits its attention uses."""
+    for sdpa in sdpa_nodes(block.nodes):
+        mask = add_key_bias(sdpa, bias)
+        for user in [node for node in sdpa.graph.nodes if node.meta.get(META_SDPA) is sdpa]:
+            user.update_arg(2, mask)
+            user.update_arg(3, False)
 
 
 def insert_scores(space: ir.Space, block_map: BlockMap, sites: list[BoundSite]) -> dict[str, SiteScores]:

@@ -16,12 +16,13 @@ from torch import nn
 from compiler_models import loaded, tensors
 from deos_dsl.compiler import LoadedModel, build_block_map, trace
 from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.compiler.graph_edit import sdpa_argument
 from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.frontend import ir
 from deos_dsl.passes.bind_sites import bind_sites
 from deos_dsl.passes.cleanup import cleanup, is_impure
 from deos_dsl.passes.discretise import discretise
-from deos_dsl.passes.insert_scores import insert_scores
+from deos_dsl.passes.insert_scores import META_SDPA, insert_scores
 from deos_dsl.passes.verify import verify
 from relaxed_cases import bundled, fresh_block_map, space_from
 
@@ -233,3 +234,41 @@ def test_cleanup_keeps_impure_nodes():
     emit(block_map, bundled("fastv.deos", "fastv"))
     names = {n.name for n in block_map.graph_module.graph.nodes}
     assert set(asserts) <= names
+
+
+MERGE_THEN_CLS_PRUNE = """space merge_then_prune {
+  tokens {
+    reducible: visual
+    protected: cls
+  }
+  site vision.layers[0] {
+    activate: on
+    retain: drop 16 tokens
+    score: similarity(to: tokens)
+    operator: merge(proportional: on, affinity: keys)
+  }
+  site vision.layers[2] {
+    activate: on
+    retain: 50%
+    score: attention(query: cls)
+    operator: prune
+  }
+}
+"""
+
+
+def test_recomputed_scores_read_the_mask_their_attention_uses(tmp_path: Path):
+    """A proportional site biases later attention with `log size`; the attention score of a later
+    site, recomputed from one of those attention nodes, must read the same biased mask."""
+    model = loaded("embedded")
+    vision = model.model.vision
+    block_map = build_block_map(trace(vision, (model.args[0],), tracers=(SYMBOLIC,)), {"vision": "layers"},
+                                {"vision": (1, 145)})
+    _, lengths, _ = emit(block_map, space_from(MERGE_THEN_CLS_PRUNE, tmp_path))
+    assert list(lengths.values()) == [(145, 129), (129, 65)]
+    recomputed = [node for node in block_map.graph_module.graph.nodes if META_SDPA in node.meta]
+    assert recomputed, "the pruning site's attention score was not recomputed"
+    for score in recomputed:
+        attention = score.meta[META_SDPA]
+        assert score.args[2] is sdpa_argument(attention, "attn_mask") is not None
+        assert score.args[3] is False
