@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rich.console import Console
 
 from deos_dsl import __version__
+from deos_dsl.files import write_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import check, format_text
 from deos_dsl.frontend.diagnostics import DeosError
@@ -49,18 +49,6 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     return status
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temp, path.stat().st_mode & 0o7777)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def cmd_fmt(args: argparse.Namespace, out: Console, err: Console) -> int:
     status = EXIT_OK
     for file in args.files:
@@ -77,7 +65,7 @@ def cmd_fmt(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(f"would reformat {file}", highlight=False)
             status = max(status, EXIT_DIAGNOSTICS)
         else:
-            _write_atomically(path, formatted)
+            write_atomically(path, lambda temp: temp.write_text(formatted, encoding="utf-8"))
             out.print(f"reformatted {file}", highlight=False)
     return status
 

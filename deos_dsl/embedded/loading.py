@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from deos_dsl.files import write_atomically
+
 from .model import EmbeddedVQAModel, ModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -22,13 +24,15 @@ def save_weights(model: EmbeddedVQAModel, path: Path) -> None:
     """Write ``path`` (``.pt``: float16 state dict, ``weights_only``-loadable) and its JSON
     metadata holding the model config."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}, path)
+    state = {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}
+    write_atomically(path, lambda temp: torch.save(state, temp))
     write_metadata(path, {"config": model.config.to_dict()})
 
 
 def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     """Write ``metadata`` (must include ``"config"``) to the JSON file beside ``path``."""
-    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    text = json.dumps(metadata, indent=2) + "\n"
+    write_atomically(path.with_suffix(".json"), lambda temp: temp.write_text(text))
 
 
 def load_metadata(path: Path) -> dict[str, Any]:

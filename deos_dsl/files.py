@@ -1,0 +1,25 @@
+"""Atomic file replacement: readers see the old file or the new one, never a half-written one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp)` on a temporary file beside `path`, then rename it onto `path`.
+
+    An existing file keeps its permission bits; on any failure the temporary file is removed
+    and `path` is left as it was.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temp)
+        if path.exists():
+            shutil.copymode(path, temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
