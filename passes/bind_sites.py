@@ -192,6 +192,16 @@ def _sources(diagnostics: list[Diagnostic]) -> dict[str, str]:
     return sources
 
 
+def select_blocks(selector: ir.Selector, block_map: BlockMap) -> list[Block]:
+    """The blocks `selector` matches, as a site selector binds them (e.g. the block of a
+    `tokens.after(...)` constraint); raises `DeosError` for a selector matching nothing."""
+    diagnostics: list[Diagnostic] = []
+    blocks = BindSites(ir.Space(name="<selector>"), block_map)._select(selector, diagnostics)
+    if diagnostics:
+        raise DeosError(with_sources(diagnostics, _sources(diagnostics)))
+    return blocks
+
+
 def bind_sites(space: ir.Space, block_map: BlockMap) -> list[BoundSite]:
     """Run `BindSites` on the block map's graph; returns the bound sites in graph order."""
     bind = BindSites(space, block_map)

@@ -14,10 +14,12 @@ Masking: every attention node of a LATER block the site reaches gets
 (`deos_dsl.compiler.masking`): the site's additive key bias on top of the node's causal or
 existing mask; attention scores recomputed from that node (pass 2) see the same mask.
 
-Shape (torch.fx `PassBase`): `requires` checks the scores belong to the sites and no site
-module exists; `call` edits the graph, then lints, recompiles and propagates fake tensors;
-`ensures` checks each site module is called once on a `[B, N, D]` stream with the same shape
-out, and that the model's own parameters stay frozen (only site modules train).
+Shape (torch.fx `PassBase`): `requires` checks the scores belong to the sites, no site
+module exists and no site fuses into an extra token (`into: extra(1)` adds a token: it has no
+shape-preserving relaxed form, `DeosCompileError`); `call` edits the graph, then lints,
+recompiles and propagates fake tensors; `ensures` checks each site module is called once on
+a `[B, N, D]` stream with the same shape out, and that the model's own parameters stay frozen
+(only site modules train).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.masking import place_tokens
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.site_transfer import extra_tokens, fuse_refusal
 from deos_dsl.frontend import ir
 
 from .bind_sites import BoundSite
@@ -39,9 +42,10 @@ PREFIX = "deos_site_"
 OUTPUTS = ("x", "mask", "sizes", "bias")
 
 
-def site_module(space: ir.Space, site: BoundSite, scores: SiteScores) -> SiteModule:
-    """A fresh `SiteModule` for `site`, initialised from the space's IR."""
-    return SiteModule(site.name, space.sites[site.site_index], scores.span, int(site.node.meta["val"].shape[-1]))
+def site_module(space: ir.Space, site: BoundSite, scores: SiteScores, settings: ir.SiteSettings | None = None) -> SiteModule:
+    """A fresh `SiteModule` for `site`, initialised from the space's IR, or from `settings`
+    in its place (e.g. the fixed settings of a discretised search result)."""
+    return SiteModule(site.name, settings or space.sites[site.site_index], scores.span, int(site.node.meta["val"].shape[-1]))
 
 
 class InsertRelaxed(PassBase):
@@ -58,6 +62,9 @@ class InsertRelaxed(PassBase):
             raise ValueError("insert_relaxed: the scores were inserted for other sites")
         if any(name.startswith(PREFIX) for name, _ in graph_module.named_children()):
             raise ValueError("insert_relaxed: the graph already has site modules")
+        for site in self.sites:  # before any edit: `into: extra(1)` adds a token
+            if extra_tokens(self.space.sites[site.site_index].operator) == 1:
+                raise fuse_refusal(site.name)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         done: list[BoundSite] = []

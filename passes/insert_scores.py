@@ -4,7 +4,8 @@ Per site (its `score` setting, `deos_dsl.compiler.site_scores`):
 - `attention(query: last | cls | text)`: ONE recomputed query row from the q and k feeding the
   block's (last) attention node, post-RoPE `[B, H, N, dh]`, with that node's mask, causality
   and scale; the node is inserted right after the attention node;
-- `norm`, `similarity(to: text | tokens)`, `position`: computed on the block's output stream;
+- `norm`, `similarity(to: text | tokens)`, `position`: computed on the block's output stream
+  (`position` needs a span of square size: a `DeosCompileError` otherwise);
 - `learned`: nothing here (the site module owns the scorer).
 `affinity: keys` also inserts the head-mean keys of the block's attention as features (a block
 without attention, e.g. the projector, uses its hidden states as `affinity: hidden` does).
@@ -27,7 +28,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from deos_dsl.compiler.blocks import Block, BlockMap
 from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.graph_edit import add_key_bias, insert_after, refresh, sdpa_argument, sdpa_nodes
-from deos_dsl.compiler.site_scores import mean_keys, query_attention, stream_score
+from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.frontend import ir
 
@@ -108,6 +109,10 @@ class InsertScores(PassBase):
             return node
         if isinstance(score, ir.ScoreSignal) and score.kind == "learned":
             return None
+        if _stream_kind(score) == "position" and grid_side(span) is None:
+            raise DeosCompileError(f"site `{site.name}`: score `position` needs a square grid of reducible tokens, but "
+                                   f"its span {span[0]}..{span[1]} holds {span[1] - span[0]}",
+                                   "use `score: position` on a square patch grid")
         # features come from the block's attention, which precedes the block output
         return insert_after(site.node, stream_score, (site.node, _stream_kind(score)), {"span": span, "features": features})
 

@@ -1,6 +1,6 @@
 """Pass 6: verify an emitted graph: `lint()`, `recompile()`, fake-tensor propagation, and that
 the sequence really shrinks at every active site, by exactly the tokens the site removes:
-`N_out = N_in - (entering - keep)` on the site's fake output (`meta['val']`).
+`N_out = N_in - (entering - leaving)` (`leaving = keep + extra`) on the site's fake output (`meta['val']`).
 
 Shape (torch.fx `PassBase`): `call` checks and never edits (`modified=False`); a failed check
 raises `AssertionError` naming the site; `self.lengths[site]` records `(N_in, N_out)`.
@@ -29,9 +29,9 @@ class Verify(PassBase):
             plan = self.plans[name]
             n_in, n_out = int(call.args[0].meta["val"].shape[1]), int(call.meta["val"][0].shape[1])
             self.lengths[name] = (n_in, n_out)
-            if n_out != n_in - (plan.entering - plan.keep):
+            if n_out != n_in - (plan.entering - plan.leaving):
                 raise AssertionError(f"verify: site {name} gives {n_out} tokens from {n_in}, expected "
-                                     f"{n_in - (plan.entering - plan.keep)}")
+                                     f"{n_in - (plan.entering - plan.leaving)}")
         return PassResult(graph_module, False)
 
 

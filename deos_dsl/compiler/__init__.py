@@ -8,7 +8,8 @@
 Then, each a torch.fx PassBase in `deos_dsl.passes`: insert_scores (2), insert_relaxed (3, the
 search graph with `site_module.SiteModule`s), or discretise (4, hard sites, sequence re-binding),
 cleanup (5) and verify (6); `emit.compile_emitted` / `emit.write_artifacts` run 1, 2, 4-6 and
-write model.pt2, model.py and plan.json (`deos emit`).
+write model.pt2, model.py and plan.json (`deos emit`; a stack whose length export fixed is
+re-traced alone by `stack_retrace`, its image tokens shrunk by `image_tokens`).
 """
 
 from .blocks import Block, BlockMap, SideTensor, Stack, build_block_map

@@ -13,7 +13,8 @@ Built from a `TracedModel` only through `nn_module_stack` and `meta['val']`:
 - ROLES by structure: `vision` = the first stack fed by an image input (a 4-D float
   placeholder), `decoder` = the last stack that is not `vision`, `projector` = the outermost
   module on the dataflow from the vision stack to the decoder stack (names with `proj` /
-  `connector` / `merger` / `adapter` first, then most nodes); `roles=` overrides any of them;
+  `connector` / `merger` / `adapter` first, then most nodes); `roles=` overrides any of them
+  (a `projector` override also admits a graph of the projector alone, without any stack);
 - the reducible SPAN `[start, end)` of each role's stream (before any reduction): the model's
   `visual_span`, or the image-token positions of `input_ids` (HF LLaVA); for vision encoders
   the patch tokens (CLS, when `N = patches + 1`, protected); the whole projector output;
@@ -267,18 +268,20 @@ def _match_prefix(stacks: list[Stack], prefix: str) -> Stack | None:
 
 
 def _assign_roles(stacks: list[Stack], flow: nx.DiGraph, images: list[fx.Node], roles: dict[str, str]) -> None:
-    """Set `Stack.role` for `vision` and `decoder` (structure, then the `roles` overrides)."""
-    fed = [s for s in stacks if any(image in nx.ancestors(flow, s.blocks[0].entry) for image in images)]
-    vision = fed[0] if fed else None
-    rest = [s for s in stacks if s is not vision]
-    auto = {"vision": vision, "decoder": rest[-1] if rest else None}
+    """Set `Stack.role` for `vision` and `decoder`: the `roles` overrides, else by structure
+    (`decoder` = the last stack that is not the vision one)."""
     prefixes = [s.prefix for s in stacks]
+    auto: dict[str, Stack | None] = {}
     for role in ("vision", "decoder"):
         if role in roles:
             auto[role] = _match_prefix(stacks, roles[role])
             if auto[role] is None:
                 raise BlockMapError(f"role override `{role}` -> `{roles[role]}` matches no block stack",
                                     suggest(roles[role], prefixes) or f"block stacks: {', '.join(prefixes)}")
+    fed = [s for s in stacks if any(image in nx.ancestors(flow, s.blocks[0].entry) for image in images)]
+    auto.setdefault("vision", fed[0] if fed else None)
+    rest = [s for s in stacks if s is not auto["vision"]]
+    auto.setdefault("decoder", rest[-1] if rest else None)
     for role, stack in auto.items():
         if stack is not None:
             stack.role = role
@@ -370,7 +373,7 @@ def build_block_map(traced: TracedModel, roles: dict[str, str] | None = None,
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr") and n.target != GUARDS]
     types = module_types(nodes)
     members = _members(nodes, _stack_prefixes(types, traced.root))
-    if not members:
+    if not members and "projector" not in roles:  # a graph of the projector alone has no stack
         raise BlockMapError("no transformer blocks found: no module list with repeated children "
                             "(`layers.0`, `layers.1`, ...) appears on the nodes' nn_module_stack",
                             "trace a model whose blocks live in an nn.ModuleList")

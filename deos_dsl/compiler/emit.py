@@ -1,14 +1,27 @@
 """Emit a space on a model: the discretised graph as a `torch.export` `.pt2`, its Python code and a plan.
 
-`compile_emitted(space, loaded)` runs the whole pipeline: trace (a graph whose sequence length
-export specialised is re-traced with `torch.fx.symbolic_trace` when that works, see
-`passes/discretise.py`), bind_sites, insert_scores, discretise (each site's decision from its
-IR: `activate` on -> gate on, `retain` -> keep count; learned parameters at their init until a
-search result exists), cleanup, verify.
+`compile_emitted(space, loaded)` runs the whole pipeline: trace, bind_sites, insert_scores,
+discretise (each site's decision from its IR: `activate` on -> gate on, `retain` -> keep count;
+learned parameters at their init until a search result exists, or a search's discrete
+schedule: `settings`), cleanup, verify. Where export fixed the sequence length (see
+`passes/discretise.py`), in this order:
+1. the model is re-traced with `torch.fx.symbolic_trace` when that works (the embedded model);
+2. else, when active sites sit on a stack of fixed length, that stack's container (or its
+   blocks, chained) is exported alone with a dynamic length and the passes run on that graph
+   (`stack_retrace`: HF vision encoders, LLaVA's vision tower; one stack per space). The
+   PROJECTOR counts as a one-block stack: a site on a projector whose output length the trace
+   fixed (HF LLaVA, where the vision tower fixes it and the features are then split per image
+   and scattered over the image placeholders, which graph-level re-binding cannot follow) has
+   the projector module exported alone the same way (a proportional projector site is refused:
+   its `log size` bias could not reach the decoder). The emitted program is then the WHOLE
+   model (a shallow copy) running the reduced graph in the target's place, its decoder fed
+   fewer image placeholders when the stack is a vision tower or the projector
+   (`image_tokens`); `model.py` is the target's graph, plan.json's tracer the route;
+3. else the error lists what was tried.
 
 `write_artifacts(emitted, out)` writes, into a temporary sibling directory renamed onto `out`
 only once everything is written (never a half-written `out`):
-- `model.pt2`: `torch.export.save` of the emitted graph re-exported on the example inputs
+- `model.pt2`: `torch.export.save` of the emitted model re-exported on the example inputs
   (static shapes: the plan fixes every token count), returning the tensor leaves of the
   model's output as a flat tuple (no library output class to deserialise). It reloads with `torch.export.load` and
   runs with torch alone; every payload is raw tensor data or loads with `weights_only=True`
@@ -27,7 +40,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -35,28 +48,45 @@ from torch.utils import _pytree as pytree
 
 from deos_dsl.frontend import ir
 
-from .blocks import build_block_map
+from .blocks import BlockMap, Stack, build_block_map
 from .errors import DeosCompileError, UntraceableModelError
-from .hard_site import SitePlan
+from .hard_site import SitePlan, plan_site
+from .image_tokens import compact_image_tokens
 from .models import LoadedModel
+from .stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
 from .trace import EXPORT, SYMBOLIC, TracedModel, trace
+
+if TYPE_CHECKING:  # the passes import the compiler: imported where they run
+    from deos_dsl.passes.bind_sites import BoundSite
+    from deos_dsl.passes.insert_scores import SiteScores
+
+    from .site_module import SiteModule
 
 ARTIFACTS = ("model.pt2", "model.py", "plan.json")
 
 
 @dataclass
 class Emitted:
-    """The emitted graph of `space` on `model_name`, with its plans and measured lengths."""
+    """The emitted graph of `space` on `model_name`, with its plans and measured lengths;
+    `module(*args, **kwargs)` is what `model.pt2` holds (the graph itself, or the whole model
+    around it on the stack re-trace route)."""
 
     model_name: str
     space_name: str
     traced: TracedModel
     plans: dict[str, SitePlan]
     lengths: dict[str, tuple[int, int]]
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
     @property
     def graph_module(self) -> fx.GraphModule:
         return self.traced.graph_module
+
+    def run(self) -> Any:
+        """The emitted model's output on the example inputs."""
+        return self.module(*self.args, **self.kwargs)
 
     def plan_json(self) -> dict[str, Any]:
         sites = []
@@ -73,27 +103,93 @@ def _trace_for_emit(loaded: LoadedModel) -> TracedModel:
     if traced.tracer == EXPORT and not traced.dynamic_dims:
         try:
             return trace(loaded.model, loaded.args, loaded.kwargs, tracers=(SYMBOLIC,))
-        except UntraceableModelError:
-            return traced  # discretise explains why a static export cannot be emitted
+        except UntraceableModelError as error:
+            traced.failures += error.attempts  # named when no route emits the static graph
     return traced
 
 
-def compile_emitted(space: ir.Space, loaded: LoadedModel) -> Emitted:
-    """Run the emit pipeline (module docstring); raises `DeosCompileError` / `DeosError`."""
-    from deos_dsl.passes.bind_sites import bind_sites
-    from deos_dsl.passes.cleanup import cleanup
-    from deos_dsl.passes.discretise import discretise
-    from deos_dsl.passes.insert_scores import insert_scores
-    from deos_dsl.passes.verify import verify
+@dataclass
+class _Sites:
+    """The block map of one graph, its bound sites, their scores and site modules, and the
+    stacks whose length the trace fixed (`fixed_lengths`)."""
 
-    traced = _trace_for_emit(loaded)
-    block_map = build_block_map(traced, loaded.roles, loaded.spans)
+    block_map: BlockMap
+    sites: list[BoundSite]
+    scores: dict[str, SiteScores]
+    modules: dict[str, SiteModule]
+    fixed: set[str]
+
+    def plans(self) -> dict[str, SitePlan]:
+        """Each site's discrete decision (its span before any other site)."""
+        return {site.name: plan_site(site.name, self.modules[site.name], self.scores[site.name].span)
+                for site in self.sites}
+
+    def active(self) -> set[str]:
+        """The sites whose gate is on."""
+        return {name for name, plan in self.plans().items() if plan.active}
+
+
+def _bind(space: ir.Space, traced: TracedModel, roles: dict[str, str], spans: dict[str, tuple[int, int]],
+          settings: dict[str, ir.SiteSettings] | None) -> _Sites:
+    """Passes 1-2 on `traced` and each site's module (from `settings` where given)."""
+    from deos_dsl.passes.bind_sites import bind_sites
+    from deos_dsl.passes.insert_relaxed import site_module
+    from deos_dsl.passes.insert_scores import insert_scores
+
+    block_map = build_block_map(traced, roles, spans)
+    fixed = fixed_lengths(block_map)
     sites = bind_sites(space, block_map)
     scores = insert_scores(space, block_map, sites)
-    plans, calls = discretise(space, block_map, sites, scores)
-    cleanup(traced.graph_module)
-    lengths = verify(traced, calls, plans)
-    return Emitted(loaded.name, space.name, traced, plans, lengths)
+    modules = {site.name: site_module(space, site, scores[site.name], (settings or {}).get(site.name)) for site in sites}
+    return _Sites(block_map, sites, scores, modules, fixed)
+
+
+def _discretise(space: ir.Space, bound: _Sites) -> tuple[dict[str, SitePlan], dict[str, tuple[int, int]]]:
+    """Passes 4-6 on the bound graph; returns the plans and each active site's (N_in, N_out)."""
+    from deos_dsl.passes.cleanup import cleanup
+    from deos_dsl.passes.discretise import discretise
+    from deos_dsl.passes.verify import verify
+
+    plans, calls = discretise(space, bound.block_map, bound.sites, bound.scores, bound.modules)
+    cleanup(bound.block_map.graph_module)
+    return plans, verify(bound.block_map.traced, calls, plans)
+
+
+def _whole_model(retraced: Retraced, whole: BlockMap, stack: Stack) -> nn.Module:
+    """The user's model running the reduced stack; fewer image placeholders when a vision
+    stack or the projector feeds a decoder."""
+    reduced = retraced.reduced_model()
+    if stack.role in ("vision", "projector") and whole.stack("decoder") is not None:
+        return compact_image_tokens(reduced, whole.traced.args, whole.traced.kwargs)
+    return reduced
+
+
+def _refuse_crossing_sizes(bound: _Sites) -> None:
+    """A proportional projector site's sizes and `log size` bias cross into the decoder (as in
+    the relaxed graph); the projector re-trace emits the projector alone, so it refuses them."""
+    crossing = [name for name, plan in bound.plans().items() if plan.active and plan.proportional]
+    if crossing:
+        raise DeosCompileError(f"site `{crossing[0]}`: the projector is emitted by re-tracing it alone, so its "
+                               "proportional attention (`log size` bias on the decoder's keys) cannot reach the decoder",
+                               "set `proportional: off` on the projector site")
+
+
+def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None = None) -> Emitted:
+    """Run the emit pipeline (module docstring); `settings[site name]` replaces the space's
+    settings of that bound site (a searched schedule: fixed gate, keep count and regime).
+    Raises `DeosCompileError` / `DeosError`."""
+    traced = _trace_for_emit(loaded)
+    bound = _bind(space, traced, loaded.roles, loaded.spans, settings)
+    stack = static_stack(bound.block_map, bound.sites, bound.active(), bound.fixed)
+    if stack is None:
+        plans, lengths = _discretise(space, bound)
+        return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs)
+    if stack.role == "projector" and bound.block_map.stack("decoder") is not None:
+        _refuse_crossing_sizes(bound)
+    retraced = retrace_stack(bound.block_map, stack)
+    plans, lengths = _discretise(space, _bind(space, retraced.traced, retraced.roles, retraced.spans, settings))
+    return Emitted(loaded.name, space.name, retraced.traced, plans, lengths,
+                   _whole_model(retraced, bound.block_map, stack), traced.args, traced.kwargs)
 
 
 class FlatOutputs(nn.Module):
@@ -109,10 +205,9 @@ class FlatOutputs(nn.Module):
 
 
 def export_program(emitted: Emitted) -> torch.export.ExportedProgram:
-    """The emitted graph, outputs flattened (`FlatOutputs`), re-exported on its example inputs."""
-    traced = emitted.traced
+    """The emitted model, outputs flattened (`FlatOutputs`), re-exported on its example inputs."""
     try:
-        return torch.export.export(FlatOutputs(traced.graph_module), traced.args, traced.kwargs, strict=False)
+        return torch.export.export(FlatOutputs(emitted.module), emitted.args, emitted.kwargs, strict=False)
     except Exception as error:  # noqa: BLE001  (any export failure is reported with its first line)
         first = next((line for line in str(error).splitlines() if line.strip()), "")
         raise DeosCompileError(f"cannot export the emitted graph: {type(error).__name__}: {first}",

@@ -3,7 +3,7 @@
 - `sdpa_nodes` / `sdpa_argument` / `set_sdpa_argument`: read and rewrite the arguments of a
   scaled-dot-product-attention node by NAME, whether it is the ATen op of an exported graph or
   `F.scaled_dot_product_attention` of a symbolically traced one (same signature);
-- `insert_after`: a new node right after an anchor, with the anchor's `nn_module_stack`;
+- `insert_after` / `insert_before`: a new node next to an anchor, with the anchor's `nn_module_stack`;
 - `redirect_uses`: every use of `old` now reads `new`, except `new` itself (no self-loop);
 - `call_on_stream`: a site submodule called on a stream, its outputs unpacked, the stream's
   later uses moved to its first output;
@@ -59,9 +59,18 @@ def set_sdpa_argument(node: fx.Node, name: str, value: Any) -> None:
 def insert_after(anchor: fx.Node, target: Callable[..., Any] | str, args: tuple[Any, ...],
                  kwargs: dict[str, Any] | None = None, op: str = "call_function") -> fx.Node:
     """A new `op` node right after `anchor`, carrying the anchor's `nn_module_stack`."""
-    graph = anchor.graph
-    with graph.inserting_after(anchor):
-        node = graph.create_node(op, target, args, kwargs or {})
+    return _insert(anchor, anchor.graph.inserting_after(anchor), target, args, kwargs, op)
+
+
+def insert_before(anchor: fx.Node, target: Callable[..., Any], args: tuple[Any, ...]) -> fx.Node:
+    """A new call_function node right before `anchor`, carrying the anchor's `nn_module_stack`."""
+    return _insert(anchor, anchor.graph.inserting_before(anchor), target, args, None, "call_function")
+
+
+def _insert(anchor: fx.Node, place: Any, target: Callable[..., Any] | str, args: tuple[Any, ...],
+            kwargs: dict[str, Any] | None, op: str) -> fx.Node:
+    with place:
+        node = anchor.graph.create_node(op, target, args, kwargs or {})
     if "nn_module_stack" in anchor.meta:
         node.meta["nn_module_stack"] = dict(anchor.meta["nn_module_stack"])
     return node

@@ -3,12 +3,22 @@
 `plan_sites` reads each site's values off its `SiteModule` (the IR's values for fixed and
 corner spaces, the learned values after a search): gate on where `p > 0.5`, a concrete keep
 count of the reducible tokens ENTERING the site (ratios round up as `keep_count` does; counts
-and drops are counts), continuous regime values kept as they are. Consecutive sites of one
+and drops are counts; a bipartite ToMe merge removes at most half the span, ToMe's own cap),
+continuous regime values kept as they are. Consecutive sites of one
 block stack see the span shrunk by the sites before them.
+
+Counts with `into: extra(n)` (`site_transfer`): `keep` is what `retain` keeps (EViT's attentive
+tokens, VisionZip's dominant ones); `extra` tokens leave on top of them: the fused token
+(`extra(1)`) or the contextual targets (`extra(n > 1)`, at most the tokens not retained). So
+`leaving = keep + extra` tokens of the span leave the site, and they are the span the next site
+of the stack reduces (EViT ranks the previous fused token with the others).
 
 `HardSite.forward(x [B, N, D], scores [B, N], features [B, N, d] | None, sizes [B, N] | None)`
 returns `(x [B, N', D], kept_idx [B, N'], sizes [B, N'], bias [B, N'])` with
-`N' = N - |span| + keep` (`reduce_tokens`, original token order kept).
+`N' = N - |span| + leaving` (`reduce_tokens`, original token order kept). `kept_idx` is the
+input position whose side tensors (position id, RoPE row, mask row and column) each output token
+takes: its own; the fused token, which sits right after the span's last token, takes that
+token's (`span[1] - 1`): it sees what the last reducible token sees and is seen by whoever sees it.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from torch import Tensor, nn
 
 from deos_dsl.ops import Regime, keep_count, reduce_tokens
 
-from .site_module import SiteModule, bipartite_destinations
+from .site_module import SiteModule
+from .site_transfer import bipartite_min_kept, transfer_inputs
 
 Span = tuple[int, int]
 
@@ -29,7 +40,8 @@ Span = tuple[int, int]
 @dataclass(frozen=True)
 class SitePlan:
     """One site's discrete decision: `active`, the reducible `span` entering it, `keep` tokens
-    of it, the regime values and the token counts entering / leaving the site's span."""
+    of it and `extra` tokens on top (`fuse`: one fused token; else contextual targets), the
+    `recycle`d share of the dropped tokens and the regime values."""
 
     name: str
     active: bool
@@ -44,27 +56,49 @@ class SitePlan:
     proportional: bool
     locality: float | None
     bipartite: bool = False
+    fuse: bool = False
+    extra: int = 0
+    recycle: float | None = None
 
     @property
     def entering(self) -> int:
         return self.span[1] - self.span[0]
 
+    @property
+    def leaving(self) -> int:
+        """Tokens of the span leaving the site (all of them when it is off)."""
+        return self.keep + self.extra if self.active else self.entering
+
+    @property
+    def contextual(self) -> int:
+        """The contextual targets (`into: extra(n > 1)`), 0 otherwise."""
+        return 0 if self.fuse else self.extra
+
     def regime(self) -> Regime:
         return Regime(gamma=self.gamma, tau=self.tau, theta=self.theta, rho=self.rho, nu=self.nu,
-                      locality=self.locality, proportional=self.proportional)
+                      locality=self.locality, proportional=self.proportional,
+                      incoming="mean" if self.contextual else "sum", fuse=self.fuse)
 
     def to_json(self) -> dict[str, object]:
-        """JSON-ready (infinite tau written as the string "inf")."""
+        """JSON-ready (infinite tau written as the string "inf"); `kept` / `leaving` are the
+        retained / all span tokens leaving the site as it runs (`keep` / `extra` the plan)."""
         data = asdict(self)
         data["tau"] = "inf" if math.isinf(self.tau) else self.tau
         data["span"], data["kept"] = list(self.span), self.keep if self.active else self.entering
+        data["leaving"] = self.leaving
         return data
+
+
+def stored_decimal(value: Tensor) -> float:
+    """The shortest decimal a 0-d float tensor stores: a float32 `0.6` reads 0.6, not
+    0.6000000238 (whose `ceil(0.6 * 80)` would keep 49 tokens instead of 48)."""
+    return float(str(value.detach().cpu().numpy()))
 
 
 def plan_site(name: str, module: SiteModule, span: Span) -> SitePlan:
     """The plan of `module`'s site when `span` is the reducible span entering it."""
     with torch.no_grad():
-        value = {key: float(module.value(key)) for key in module.specs}
+        value = {key: stored_decimal(module.value(key)) for key in module.specs}
     entering = span[1] - span[0]
     if module.count_mode == "keep":
         keep = min(int(value["beta"]), entering)
@@ -72,10 +106,13 @@ def plan_site(name: str, module: SiteModule, span: Span) -> SitePlan:
         keep = max(entering - int(value["beta"]), 0)
     else:
         keep = keep_count(entering, min(max(value["beta"], 0.0), 1.0))
+    if module.bipartite:
+        keep = max(keep, bipartite_min_kept(entering))
     theta = module.regime().theta
+    extra = 1 if module.fuse else min(module.contextual, entering - keep)
     return SitePlan(name, value["alpha"] > 0.5, value["alpha"], span, keep, value["gamma"], value["tau"],
                     None if theta is None else value["theta"], value["rho"], value["nu"], module.proportional, module.locality,
-                    module.bipartite)
+                    module.bipartite, module.fuse, extra, module.recycle)
 
 
 class HardSite(nn.Module):
@@ -88,9 +125,13 @@ class HardSite(nn.Module):
 
     def forward(self, x: Tensor, scores: Tensor, features: Tensor | None = None,
                 sizes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        start, end = self.plan.span
-        result = reduce_tokens(x, range(start, end), scores[:, start:end], keep=self.plan.keep, regime=self.plan.regime(),
-                               sizes=sizes, positions=self.positions,
-                               dest_eligible=bipartite_destinations(end - start, x.device) if self.plan.bipartite else None,
+        plan = self.plan
+        start, end = plan.span
+        transfer = transfer_inputs(scores[:, start:end], plan.keep, fuse=plan.fuse, contextual=plan.contextual,
+                                   recycle=plan.recycle, bipartite=plan.bipartite)
+        result = reduce_tokens(x, range(start, end), transfer.scores, keep=plan.keep + plan.contextual,
+                               regime=plan.regime(), sizes=sizes, positions=self.positions,
+                               dest_eligible=transfer.dest_eligible, source_weights=transfer.source_weights,
                                features=None if features is None else features[:, start:end])
-        return result.x, result.kept_idx, result.sizes, result.attn_bias
+        kept_idx = torch.where(result.kept_idx < 0, end - 1, result.kept_idx)
+        return result.x, kept_idx, result.sizes, result.attn_bias

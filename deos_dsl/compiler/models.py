@@ -29,9 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a tiny config never needs the hu
 
 Span = tuple[int, int]
 
-# Tiny sizes shared by the HF conformance models: 32x32 images of 8x8 patches (16 patches).
+# Tiny sizes shared by the HF conformance models: 32x32 images of 8x8 patches (16 patches) in
+# LLaVA; the vision encoders alone see 64x64 images (64 patches), enough for the bundled spaces'
+# fixed counts (ToMe merges 16 tokens per layer: 64 -> 48 -> 32 patches)
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    image_size=32, patch_size=8)
+TINY_ENCODER = dict(TINY_VISION, image_size=64)
 TINY_TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 BATCH, TEXT_LEN, IMAGE_TOKEN = 2, 24, 100
@@ -88,21 +91,22 @@ def _tiny(name: str, build: Callable[[], nn.Module], **inputs: Any) -> LoadedMod
 def _clip() -> LoadedModel:
     import transformers as tf
 
-    return _tiny("CLIPVisionModel", lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION)), pixel_values=_pixels())
+    return _tiny("CLIPVisionModel", lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_ENCODER)),
+                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
 
 
 def _siglip() -> LoadedModel:
     import transformers as tf
 
-    return _tiny("SiglipVisionModel", lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION)),
-                 pixel_values=_pixels())
+    return _tiny("SiglipVisionModel", lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_ENCODER)),
+                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
 
 
 def _vit() -> LoadedModel:
     import transformers as tf
 
-    return _tiny("ViTModel", lambda: tf.ViTModel(tf.ViTConfig(**TINY_VISION), add_pooling_layer=False),
-                 pixel_values=_pixels())
+    return _tiny("ViTModel", lambda: tf.ViTModel(tf.ViTConfig(**TINY_ENCODER), add_pooling_layer=False),
+                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
 
 
 def _text_ids() -> torch.Tensor:

@@ -10,6 +10,11 @@ Parameters, initialised from the space's IR (a resolved `ir.Site`); learned ones
 - regime: `gamma, nu, theta = lo + (hi - lo) * sigmoid(raw)`, `tau = exp(log tau)` on a log
   scale (sigmoid-bounded otherwise), `rho = softplus(raw)`, each clamped to its `[lo, hi]`.
 `temperature` (a buffer) is the soft top-k temperature; the search anneals it, `0` is the hard mask.
+`gate_sample` (the search's hook, default None) replaces the gate `p` in `forward` when set:
+a relaxed sample, scalar or one per example `[B]` (`deos_dsl.search.relaxation`).
+`into` / `recycle` shape the operator's inputs as in `site_transfer`: `recycle` and
+`into: extra(n > 1)` keep the shape (the retain count is the dominant tokens, the `n`
+contextual targets are kept on top of it); `into: extra(1)` adds a token, so `forward` refuses it.
 
 `forward(x [B, N, D], scores [B, N], mask [B, N] | None, sizes [B, N] | None, features | None)`
 returns `(y [B, N, D], mask [B, N], sizes [B, N], bias [B, N])`: `mask` is the cumulative soft
@@ -33,6 +38,8 @@ from deos_dsl.frontend.regime import regime as regime_of
 from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce
 
 from .errors import DeosCompileError
+from .site_scores import grid_side
+from .site_transfer import bipartite_min_kept, extra_tokens, fuse_refusal, recycle_share, transfer_inputs
 
 Span = tuple[int, int]
 EPS = 1e-4
@@ -120,20 +127,18 @@ def regime_spec(name: str, param: ir.FixedParam | ir.LearnedParam) -> ParamSpec:
 
 
 def _grid_positions(span: Span, window: tuple[int, int] | None) -> Tensor:
-    """Row/column (or window-id, with `window`) positions `[n, 2]` of a square span grid."""
-    n = span[1] - span[0]
-    side = math.isqrt(n)
-    if side * side != n:
-        raise DeosCompileError(f"a spatial operator needs a square grid of reducible tokens, got {n}",
+    """Row/column (or window-id, with `window`) positions `[n, 2]` of a square span grid; a
+    `DeosCompileError` when the span is no square or the window exceeds its side."""
+    side = grid_side(span)
+    if side is None:
+        raise DeosCompileError(f"a spatial operator needs a square grid of reducible tokens, got {span[1] - span[0]}",
                                "use `window`/`width` only on a square patch grid")
-    rows, cols = torch.arange(side).repeat_interleave(side), torch.arange(side).repeat(side)
     wh, ww = window or (1, 1)
+    if max(wh, ww) > side:
+        raise DeosCompileError(f"a {wh}x{ww} window does not fit the {side}x{side} grid of reducible tokens",
+                               f"use a window of at most {side}x{side} on this model")
+    rows, cols = torch.arange(side).repeat_interleave(side), torch.arange(side).repeat(side)
     return torch.stack([rows // wh, cols // ww], dim=-1).float()
-
-
-def bipartite_destinations(n: int, device: torch.device) -> Tensor:
-    """`[n]` bool: the odd span offsets, ToMe's set B (the only merge destinations)."""
-    return torch.arange(n, device=device) % 2 == 1
 
 
 class SiteModule(nn.Module):
@@ -143,11 +148,9 @@ class SiteModule(nn.Module):
         super().__init__()
         assert settings.activate and settings.retain and settings.score and settings.operator
         op = settings.operator
-        if isinstance(op.into, ir.IntoExtra) or op.recycle is not None:
-            raise DeosCompileError(f"site `{name}`: `into: extra(...)` / `recycle` change the token count "
-                                   "and have no shape-preserving relaxed form",
-                                   "search those sites with their corner fixed, or emit them directly")
         self.site_name, self.span = name, span
+        extra = extra_tokens(op)
+        self.fuse, self.contextual, self.recycle = extra == 1, extra if extra > 1 else 0, recycle_share(op)
         n_reducible = span[1] - span[0]
         keep, self.count_mode = keep_spec(settings.retain, n_reducible)
         self.specs: dict[str, ParamSpec] = {"alpha": gate_spec(settings.activate), "beta": keep}
@@ -159,6 +162,7 @@ class SiteModule(nn.Module):
             else:
                 self.register_buffer(key, raw)
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.gate_sample: Tensor | None = None
         self.scorer = LearnedScorer(dim) if isinstance(settings.score, ir.ScoreSignal) and settings.score.kind == "learned" else None
         self.proportional = bool(op.proportional)
         # ToMe's bipartite split: only the odd span offsets (set B) receive transfer
@@ -175,7 +179,8 @@ class SiteModule(nn.Module):
         theta = self.specs["theta"]
         thresholded = theta.learned or theta.init != 0.0  # a fixed theta of 0 means no threshold
         return Regime(gamma=self.value("gamma"), tau=self.value("tau"), theta=self.value("theta") if thresholded else None,
-                      rho=self.value("rho"), nu=self.value("nu"), locality=self.locality, proportional=self.proportional)
+                      rho=self.value("rho"), nu=self.value("nu"), locality=self.locality, proportional=self.proportional,
+                      incoming="mean" if self.contextual else "sum")
 
     def keep_ratio(self, entering: Tensor) -> Tensor:
         """Kept share `[B]` of the span given the soft count of tokens `entering` it `[B]`."""
@@ -186,20 +191,29 @@ class SiteModule(nn.Module):
             kept = (entering - self.value("beta")).clamp_min(0.0)
         else:
             kept = self.value("beta") * entering
+        if self.bipartite:
+            kept = torch.maximum(kept, bipartite_min_kept(entering))
         return kept / max(n, 1)
 
     def forward(self, x: Tensor, scores: Tensor, mask: Tensor | None = None, sizes: Tensor | None = None,
                 features: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.fuse:
+            raise fuse_refusal(self.site_name)
         b, n, _ = x.shape
         start, end = self.span
         mask_in = x.new_ones(b, n, dtype=torch.float32) if mask is None else mask
         if self.scorer is not None:
             scores = self.scorer(x)
         mask_v = mask_in[:, start:end]
-        out = relaxed_reduce(x, range(start, end), scores[:, start:end], self.keep_ratio(mask_v.sum(dim=-1)),
-                             regime=self.regime(), gate=self.value("alpha"), temperature=self.temperature,
-                             sizes=sizes, positions=self.positions, source_weights=mask_v,
-                             dest_eligible=bipartite_destinations(end - start, x.device) if self.bipartite else None,
+        ratio = self.keep_ratio(mask_v.sum(dim=-1))
+        transfer = transfer_inputs(scores[:, start:end], ratio * (end - start), fuse=False, contextual=self.contextual,
+                                   recycle=self.recycle, bipartite=self.bipartite, temperature=self.temperature)
+        weights = mask_v if transfer.source_weights is None else mask_v * transfer.source_weights
+        out = relaxed_reduce(x, range(start, end), transfer.scores, ratio + transfer.targets / (end - start),
+                             regime=self.regime(), gate=self.value("alpha") if self.gate_sample is None else self.gate_sample,
+                             temperature=self.temperature,
+                             sizes=sizes, positions=self.positions, source_weights=weights,
+                             dest_eligible=transfer.dest_eligible,
                              features=None if features is None else features[:, start:end])
         new_mask = mask_in * out.mask
         return out.x, new_mask, out.sizes, attention_bias(new_mask, out.sizes, self.proportional)

@@ -26,6 +26,12 @@ QUERIES = ("last", "cls", "text")
 STREAM_SCORES = ("norm", "text", "tokens", "position")
 
 
+def grid_side(span: Span) -> int | None:
+    """The side of the square grid the span's tokens form (None: their count is no square)."""
+    side = math.isqrt(span[1] - span[0])
+    return side if side * side == span[1] - span[0] else None
+
+
 def text_rows(n: int, span: Span) -> list[int]:
     """The text tokens: after the span, else every position outside it."""
     after = list(range(span[1], n))
@@ -79,8 +85,8 @@ def stream_score(x: Tensor, kind: str, *, span: Span, features: Tensor | None = 
         a_set = torch.arange(end - start, device=x.device) % 2 == 0
         return torch.cat([full[:, :start], bipartite_scores(feats, a_set).to(x.dtype), full[:, end:]], dim=1)
     if kind == "position":
-        side = math.isqrt(end - start)
-        if side * side != end - start:
+        side = grid_side(span)
+        if side is None:
             raise ValueError(f"score `position` needs a square grid of reducible tokens, got {end - start}")
         grid = pool_inputs((side, side), device=x.device)["scores"].to(x.dtype).expand(b, -1)
         return torch.cat([full[:, :start], grid, full[:, end:]], dim=1)

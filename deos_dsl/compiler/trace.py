@@ -92,7 +92,8 @@ def sequence_dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dic
     return specs
 
 
-def _symbolic_dims(gm: fx.GraphModule) -> dict[str, dict[int, str]]:
+def symbolic_dims(gm: fx.GraphModule) -> dict[str, dict[int, str]]:
+    """`placeholder -> {dim: symbol}` of the graph inputs whose dims stayed symbolic."""
     dims: dict[str, dict[int, str]] = {}
     for node in gm.graph.find_nodes(op="placeholder"):
         shape = getattr(node.meta.get("val"), "shape", ())
@@ -103,14 +104,19 @@ def _symbolic_dims(gm: fx.GraphModule) -> dict[str, dict[int, str]]:
     return dims
 
 
+def export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
+    """`export(strict=False)` with `Dim.AUTO` on every sequence dim (`sequence_dynamic_shapes`);
+    export specialises a dim silently where the model fixes it (`symbolic_dims` tells)."""
+    dynamic = sequence_dynamic_shapes(model, args, kwargs)
+    return export(model, args, kwargs, dynamic_shapes=dynamic, strict=False).module()
+
+
 def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
-    """`export(strict=False)` with a dynamic sequence dim, retried static if that fails."""
+    """`export_dynamic`, retried static if that fails."""
     try:
-        dynamic = sequence_dynamic_shapes(model, args, kwargs)
-        program = export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+        return export_dynamic(model, args, kwargs)
     except Exception:  # noqa: BLE001  (any export failure: the static retry decides)
-        program = export(model, args, kwargs, strict=False)
-    return program.module()
+        return export(model, args, kwargs, strict=False).module()
 
 
 def propagate(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -160,16 +166,16 @@ def trace_language_model(model: nn.Module, length: int = 24) -> TracedModel:
         raise AttributeError(f"{type(model).__name__} has no {' / '.join(LANGUAGE_MODEL_PATHS)}")
     kwargs = language_model_inputs(language_model, length)
     gm = _export(language_model, (), kwargs)
-    return TracedModel(gm, LANGUAGE_MODEL, language_model, (), kwargs, _symbolic_dims(gm))
+    return TracedModel(gm, LANGUAGE_MODEL, language_model, (), kwargs, symbolic_dims(gm))
 
 
 def _from_traced(traced: fx.GraphModule | ExportedProgram, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TracedModel:
     if isinstance(traced, ExportedProgram):
         gm = traced.module()
-        return TracedModel(gm, GIVEN_PROGRAM, None, args, kwargs, _symbolic_dims(gm))
+        return TracedModel(gm, GIVEN_PROGRAM, None, args, kwargs, symbolic_dims(gm))
     if any(node.op != "output" and "val" not in node.meta for node in traced.graph.nodes):
         propagate(traced, None, args, kwargs)
-    return TracedModel(traced, GIVEN_GRAPH, None, args, kwargs, _symbolic_dims(traced))
+    return TracedModel(traced, GIVEN_GRAPH, None, args, kwargs, symbolic_dims(traced))
 
 
 def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, ...] = (),
@@ -194,7 +200,7 @@ def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, 
         except Exception as error:  # noqa: BLE001  (every tracer failure is collected and reported)
             failures.append((name, first_line(error)))
             continue
-        return TracedModel(gm, name, model, args, kwargs, _symbolic_dims(gm), failures)
+        return TracedModel(gm, name, model, args, kwargs, symbolic_dims(gm), failures)
     if LANGUAGE_MODEL in tracers and language_model_of(model) is not None:
         try:
             traced = trace_language_model(model, language_model_length)

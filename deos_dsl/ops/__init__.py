@@ -22,7 +22,7 @@ from deos_dsl.ops.inputs import SiteInputs
 from deos_dsl.ops.params import NEG_BIAS, Regime
 from deos_dsl.ops.relaxed import RelaxedResult, relaxed_reduce
 from deos_dsl.ops.scores import LearnedScorer, attention_from_query, bipartite_scores, hidden_norm, text_similarity
-from deos_dsl.ops.select import keep_count
+from deos_dsl.ops.select import ceil_count, keep_count, recycle_mask
 from deos_dsl.ops.unified import HardResult, attention_bias, gather_tokens, reduce_tokens
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "attention_bias",
     "attention_from_query",
     "bipartite_scores",
+    "ceil_count",
     "evit",
     "evit_inputs",
     "fastv",
@@ -46,6 +47,7 @@ __all__ = [
     "pool",
     "pool_inputs",
     "prune",
+    "recycle_mask",
     "reduce_tokens",
     "relaxed_reduce",
     "reweight",

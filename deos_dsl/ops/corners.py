@@ -26,7 +26,7 @@ from torch import Tensor
 from deos_dsl.ops.params import Param, Regime
 from deos_dsl.ops.relaxed import RelaxedResult, relaxed_reduce
 from deos_dsl.ops.scores import bipartite_scores
-from deos_dsl.ops.select import keep_count, reducible_positions
+from deos_dsl.ops.select import hard_ranks, keep_count, reducible_positions
 from deos_dsl.ops.unified import HardResult, reduce_tokens
 
 
@@ -123,15 +123,18 @@ def evit_inputs(cls_attention: Tensor) -> dict[str, Tensor]:
     }
 
 
-def visionzip_inputs(cls_attention: Tensor, dominant: int, contextual: int) -> dict[str, Tensor]:
-    """VisionZip: the `dominant` tokens with the most CLS attention score 2; among the rest
-    (original order) every `max(1, n_rest // contextual)`-th token, `contextual` of them, is a
-    contextual target scoring 1 and the only eligible destination; others score 0."""
-    b, n = cls_attention.shape
-    order = torch.argsort(cls_attention, dim=-1, descending=True, stable=True)
-    is_dom = torch.zeros(b, n, dtype=torch.bool, device=cls_attention.device).scatter(1, order[:, :dominant], True)
+def visionzip_inputs(cls_attention: Tensor, dominant: int | Tensor, contextual: int) -> dict[str, Tensor]:
+    """VisionZip: the `dominant` tokens (an int, or per example `[B]`) with the most CLS attention;
+    among the rest (original order) every `max(1, n_rest // contextual)`-th token, `contextual` of
+    them (all of the rest if fewer), is a contextual target and the only eligible destination.
+    Targets score the row maximum + 1, every other token keeps its attention, so keeping
+    `dominant + contextual` tokens keeps the dominant ones and the targets, and a soft top-k
+    relaxes along the attention ranking."""
+    n = cls_attention.shape[-1]
+    d = torch.as_tensor(dominant, device=cls_attention.device).long().reshape(-1, 1)
+    is_dom = hard_ranks(cls_attention) <= d
     rest_rank = torch.cumsum(~is_dom, dim=1) - 1  # position among the non-dominant tokens
-    step = max(1, (n - dominant) // max(contextual, 1))
+    step = ((n - d) // max(contextual, 1)).clamp_min(1)
     is_target = ~is_dom & (rest_rank % step == 0) & (rest_rank // step < contextual)
-    scores = is_dom.to(cls_attention.dtype) * 2.0 + is_target.to(cls_attention.dtype)
-    return {"scores": scores, "dest_eligible": is_target}
+    top = cls_attention.amax(dim=-1, keepdim=True) + 1.0
+    return {"scores": torch.where(is_target, top, cls_attention), "dest_eligible": is_target}

@@ -38,7 +38,7 @@ class Regime:
     incoming: `"sum"` (DESIGN 1.1) or `"mean"`: the transfer arriving at a destination is
         first averaged into a single token of mass `min(M_i, 1)` (VisionZip).
     fuse: append one extra destination token (feature affinity 0, always eligible) after
-        the reducible span (EViT inattentive-token fusion).
+        the reducible span (EViT inattentive-token fusion); it leaves with size 1.
     """
 
     gamma: Param = 0.0

@@ -53,6 +53,11 @@ def keep_count(n: int, keep: int | float | None = None, drop: int | None = None)
     return max(0, min(n, k))
 
 
+def ceil_count(k: Tensor) -> Tensor:
+    """`ceil(k)` of real token counts, on `k` rounded to 9 decimals first (as `keep_count`)."""
+    return torch.ceil(torch.round(k, decimals=9))
+
+
 def normalise_scores(scores: Tensor) -> Tensor:
     """Mean-1 normalised score `shat [B, n]` (DESIGN 1.1 step 3).
 
@@ -139,3 +144,13 @@ def soft_keep_mask(
     if theta is not None:
         mask = mask * soft_step(shat - batch_view(theta, 2, shat.dtype, shat.device), temperature)
     return mask
+
+
+def recycle_mask(scores: Tensor, keep: Param, share: float, temperature: Param = 0.0) -> Tensor:
+    """Recycling source weights `[B, n]` (SparseVLM v1): 1 for the `keep` best tokens and for the
+    best `r = ceil(share * (n - keep))` of the others (the recycled dropped tokens), 0 for the
+    rest, by score rank.  `keep` is a count (scalar or `[B]`; real in the relaxed form).  It is
+    `soft_keep_mask` at `keep + r`: exactly 0 / 1 at `T = 0` when `keep` is an integer."""
+    k = torch.as_tensor(keep, dtype=scores.dtype, device=scores.device)
+    recycled = ceil_count(share * (scores.shape[-1] - k).clamp_min(0))
+    return soft_keep_mask(scores, k + recycled, scores, temperature)

@@ -4,6 +4,8 @@ Output layout: protected tokens and kept reducible tokens in ORIGINAL order; wit
 `regime.fuse` one extra fused token is inserted right after the last reducible position.
 `kept_idx` gives the original position of every output token (-1 for the fused token) so
 callers can gather side tensors (position ids, RoPE tables, masks) with `gather_tokens`.
+The fused token is one new token: its size is 1 (0, and not valid, when no mass arrives), so
+a later site treats it as any other token, as EViT does.
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ def reduce_tokens(
         insert = lambda t, item: torch.cat([t[:, :at], item, t[:, at:]], dim=1)  # noqa: E731
         idx = insert(idx, idx.new_full((b, 1), -1))
         vals = insert(vals, y[:, n_slots:])
-        out_sizes = insert(out_sizes, new_sizes[:, n_slots:])
-        out_valid = insert(out_valid, new_sizes[:, n_slots:] > 0)
+        arrived = new_sizes[:, n_slots:] > 0  # the fused token is ONE new token: size 1 (0 if empty)
+        out_sizes = insert(out_sizes, arrived.to(out_sizes.dtype))
+        out_valid = insert(out_valid, arrived)
     return HardResult(
         x=vals.to(x.dtype),
         kept_idx=idx,

@@ -66,25 +66,61 @@ def untraceable() -> tuple[nn.Module, tuple[torch.Tensor]]:
     return DataDependent(), (torch.randn(2, 3, 4),)
 
 
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(x)
+
+
+class Layers(nn.Module):
+    """`blocks` in the ModuleList `layers`, run in sequence."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 def tiny_stack() -> LoadedModel:
     """A `module:` factory returning a LoadedModel: two residual blocks in a ModuleList."""
+    return LoadedModel("tiny", Layers([Residual(), Residual()]), (torch.randn(2, 5, 8),), spans={"decoder": (0, 5)})
 
-    class Residual(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(8, 8)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.fc(x)
+class TokenMixer(nn.Module):
+    """An MLP-Mixer block: a residual Linear ACROSS its 64 tokens, so its graph fixes the length."""
 
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(Residual() for _ in range(2))
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(64, 64)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for layer in self.layers:
-                x = layer(x)
-            return x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(x.transpose(1, 2)).transpose(1, 2)
 
-    return LoadedModel("tiny", Tiny(), (torch.randn(2, 5, 8),), spans={"decoder": (0, 5)})
+
+class FixedLength(nn.Module):
+    """A patch encoder (64 patches of 64x64 images) whose shape check breaks fx.symbolic_trace
+    and whose token-mixing blocks fix the length: no emit route can reduce it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, kernel_size=8, stride=8)
+        self.encoder = Layers([TokenMixer(), TokenMixer()])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch(pixels).flatten(2).transpose(1, 2)
+        if x.shape[1] != 64:
+            raise ValueError("the image must give 64 patches")
+        return self.encoder(x)
+
+
+def fixed_length() -> LoadedModel:
+    """A `module:` factory: `FixedLength`, which no emit route can reduce."""
+    torch.manual_seed(0)
+    return LoadedModel("fixed", FixedLength(), (torch.rand(2, 3, 64, 64),))

@@ -13,10 +13,10 @@ from deos_dsl.compiler import BlockMapError, build_block_map, trace
 EXPECTED = {
     "embedded": ({"vision.layers": ("vision", 4), "decoder.layers": ("decoder", 4)}, "projector",
                  {"vision": (1, 145), "decoder": (0, 144), "projector": (0, 144)}, {"vision": [], "decoder": []}),
-    "hf:CLIPVisionModel": ({"encoder.layers": ("vision", 2)}, None, {"vision": (1, 17)}, {"vision": []}),
-    "hf:SiglipVisionModel": ({"encoder.layers": ("vision", 2)}, None, {"vision": (0, 16)}, {"vision": []}),
+    "hf:CLIPVisionModel": ({"encoder.layers": ("vision", 2)}, None, {"vision": (1, 65)}, {"vision": []}),
+    "hf:SiglipVisionModel": ({"encoder.layers": ("vision", 2)}, None, {"vision": (0, 64)}, {"vision": []}),
     # transformers 5 ViT builds an explicit all-true bidirectional mask [B, 1, N, N]
-    "hf:ViTModel": ({"layers": ("vision", 2)}, None, {"vision": (1, 17)}, {"vision": ["mask"]}),
+    "hf:ViTModel": ({"layers": ("vision", 2)}, None, {"vision": (1, 65)}, {"vision": ["mask"]}),
     "hf:LlavaForConditionalGeneration": (
         {"model.vision_tower.encoder.layers": ("vision", 3), "model.language_model.layers": ("decoder", 3)},
         "model.multi_modal_projector", {"vision": (1, 17), "decoder": (2, 18), "projector": (0, 16)},

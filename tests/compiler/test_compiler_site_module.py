@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.compiler.hard_site import plan_site
 from deos_dsl.compiler.site_module import SiteModule
 from relaxed_cases import bundled, space_from
 
@@ -71,6 +72,22 @@ def test_counts_are_relative_to_the_entering_tokens(tmp_path: Path):
     assert mask[:, SPAN[0]:SPAN[1]].sum(dim=1).tolist() == [12.0, 6.0]
 
 
-def test_transfer_into_extra_tokens_has_no_relaxed_form():
+def test_only_a_fused_extra_token_has_no_relaxed_form():
+    x, scores = torch.randn(2, 24, 8), torch.rand(2, 24)
+    y, _, _, _ = module_of(("visionzip.deos", "visionzip"))(x, scores)  # contextual targets keep the shape
+    assert y.shape == x.shape
     with pytest.raises(DeosCompileError, match="no shape-preserving relaxed form"):
-        module_of(("visionzip.deos", "visionzip"))
+        module_of(("evit.deos", "evit"))(x, scores)
+
+
+def test_a_bipartite_merge_removes_at_most_half_the_span(tmp_path: Path):
+    """ToMe's cap `r = min(r, n // 2)`: dropping 16 of 16 (or of 11) tokens keeps 8 (or 6), in the
+    hard plan and the relaxed keep ratio alike; a prune has no such cap."""
+    tome = bundled("tome.deos", "tome")
+    module = SiteModule("s", tome.sites[0], (1, 17), 8)
+    assert module.bipartite and module.count_mode == "drop"
+    assert [plan_site("s", module, (1, 1 + n)).keep for n in (16, 11, 40)] == [8, 6, 24]
+    assert torch.equal(module.keep_ratio(torch.tensor([16.0, 11.0])) * 16, torch.tensor([8.0, 6.0]))
+    prune = space_from("space s {\n  site vision.layers[0] {\n    retain: drop 16 tokens\n    score: norm\n"
+                       "    operator: prune\n  }\n}\n", tmp_path)
+    assert plan_site("s", SiteModule("s", prune.sites[0], (1, 17), 8), (1, 17)).keep == 0

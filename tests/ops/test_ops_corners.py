@@ -187,3 +187,19 @@ def test_corner_relaxed_forms_reduce_to_their_hard_forms():
         got = soft.x.gather(1, hard.kept_idx[..., None].expand(-1, -1, 5))
         torch.testing.assert_close(got, hard.x, atol=1e-12, rtol=0, msg=corner.name)
         assert int(soft.mask.sum()) == hard.x.shape[1] * b, corner.name
+
+
+def test_visionzip_inputs_per_example_dominant_counts():
+    """A `[B]` dominant count (the relaxed form's) picks, row by row, what an int count picks;
+    targets rank first, every other token keeps its attention."""
+    attn = torch.rand(3, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    counts = torch.tensor([2, 5, 19])
+    batched = visionzip_inputs(attn, counts, 4)
+    for row, count in enumerate(counts.tolist()):
+        single = visionzip_inputs(attn[row:row + 1], count, 4)
+        assert torch.equal(batched["dest_eligible"][row], single["dest_eligible"][0])
+        torch.testing.assert_close(batched["scores"][row], single["scores"][0])
+    assert batched["dest_eligible"].sum(dim=1).tolist() == [4, 4, 1]  # min(4, 20 - count)
+    targets = batched["dest_eligible"]
+    assert torch.equal(batched["scores"][~targets], attn[~targets])
+    assert (batched["scores"][targets] > attn.amax()).all()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from deos_dsl.ops import NEG_BIAS, Regime, reduce_tokens, relaxed_reduce
+from deos_dsl.ops import NEG_BIAS, Regime, recycle_mask, reduce_tokens, relaxed_reduce
 
 torch.set_num_threads(1)
 B, N, D = 2, 8, 3
@@ -212,3 +212,16 @@ def test_relaxed_at_zero_temperature_equals_hard(b, n, k, gamma, tau, rho, nu, e
     torch.testing.assert_close(soft.attn_bias.gather(1, kept), hard.attn_bias, atol=1e-12, rtol=0)
     dropped = torch.ones_like(soft.mask, dtype=torch.bool).scatter(1, kept, False)
     assert (soft.attn_bias[dropped] == NEG_BIAS).all()
+
+
+def test_recycle_mask_keeps_the_best_share_of_the_dropped():
+    """Hard: 1 on the `keep` best and on the best ceil(share * dropped) others; soft: the same
+    step at a temperature, tending to it as T -> 0; a real keep count moves it."""
+    scores = rand(2, 20, seed=21)
+    hard = recycle_mask(scores, 8, 0.3, 0.0)  # 12 dropped, ceil(3.6) = 4 recycled
+    ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
+    assert torch.equal(hard, (ranks < 12).to(hard.dtype))
+    soft = recycle_mask(scores, torch.tensor([8.0, 8.0], dtype=torch.float64), 0.3, 1e-3)
+    torch.testing.assert_close(soft, hard, atol=1e-6, rtol=0)
+    assert recycle_mask(scores, 20, 0.3).sum().item() == 40  # nothing dropped: nothing to recycle
+    assert recycle_mask(scores, 0, 0.3).sum(dim=1).tolist() == [6.0, 6.0]  # all 20 dropped: 6 recycled

@@ -179,6 +179,7 @@ def test_fused_token_position_and_side_gather():
     dropped = torch.ones(2, 10, dtype=torch.bool)
     dropped.scatter_(1, r.kept_idx.clamp_min(0), False)
     torch.testing.assert_close(r.x[:, 4], (x * dropped[..., None]).sum(dim=1))
+    assert (r.sizes[:, 4] == 1).all() and r.valid[:, 4].all()  # ONE new token, whatever mass arrived
     pos_ids = torch.arange(10)[None]
     assert gather_tokens(pos_ids, r.kept_idx, fill=-7).tolist() == [[p if p >= 0 else -7 for p in row] for row in r.kept_idx.tolist()]
 

@@ -1,0 +1,129 @@
+"""Emit on models whose whole export fixes the sequence length (`deos_dsl.compiler.stack_retrace`):
+HF CLIP / SigLIP / ViT encoders, LLaVA's vision tower and LLaVA's projector (their emitted whole
+models equal hand-written eager references and really shrink in the conformance matrix,
+test_compiler_conformance.py). Here: the whole-model `.pt2` reloads without deos, `deos emit`
+works, and what no route can emit (or the tiny LLaVA's 4x4 patch grid cannot satisfy) is refused
+with a clear error."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compiler_models import fixed_length, loaded, tensors
+from deos_dsl.cli import EXIT_OK
+from deos_dsl.compiler.emit import Emitted, compile_emitted, unsafe_payloads
+from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.frontend import ir
+from relaxed_cases import SPACES, bundled, space_from
+from test_compiler_emit import run_cli, run_without_deos
+
+CLIP, LLAVA = "hf:CLIPVisionModel", "hf:LlavaForConditionalGeneration"
+CONTAINER = "torch.export (stack container `{}` on its input, dynamic length)"
+PROJECTOR = "model.multi_modal_projector"
+
+# a bundled space with more settings
+VARIANT = """import "{path}"
+
+space variant extends {space} {{
+{more}}}
+"""
+DECODER_SITE = """  site decoder.layers[0] {
+    activate: on
+    retain: 50%
+    score: attention(query: last)
+    operator: prune
+  }
+"""
+
+
+def variant(space: str, more: str, tmp_path: Path) -> ir.Space:
+    return space_from(VARIANT.format(path=SPACES / f"{space}.deos", space=space, more=more), tmp_path)
+
+
+@functools.cache
+def tome(name: str) -> Emitted:
+    return compile_emitted(bundled("tome.deos", "tome"), loaded(name))
+
+
+def assert_outputs_equal(got: list[torch.Tensor], want: list[torch.Tensor], atol: float) -> None:
+    assert [t.shape for t in got] == [t.shape for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def test_llava_sites_on_the_vision_tower_and_the_decoder_are_refused(tmp_path: Path):
+    with pytest.raises(DeosCompileError, match="also has sites on `model.language_model.layers`") as caught:
+        compile_emitted(variant("tome", DECODER_SITE, tmp_path), loaded(LLAVA))
+    assert "one stack" in caught.value.hint
+
+
+@functools.cache
+def pooled_projector() -> Emitted:
+    return compile_emitted(bundled("pool2x2.deos", "pool2x2"), loaded(LLAVA))
+
+
+@pytest.mark.parametrize(("more", "error"), [
+    ("  site vision.layers[0] {\n    activate: on\n    retain: 50%\n    score: norm\n    operator: prune\n  }\n",
+     f"also has sites on `{PROJECTOR}`"),  # the vision tower and the projector: one stack per space
+    ("  site projector {\n    operator: pool(window: 2x2, proportional: on)\n  }\n",
+     "proportional attention .* cannot reach the decoder"),
+    ("  site projector {\n    operator: pool(window: 8x8)\n  }\n", "a 8x8 window does not fit the 4x4 grid"),
+    ("  tokens {\n    reducible: span(2, 12)\n  }\n", "score `position` needs a square grid .* holds 10"),
+], ids=["with-vision-site", "proportional", "window", "not-square"])
+def test_llava_projector_sites_it_cannot_emit_are_refused(more: str, error: str, tmp_path: Path):
+    with pytest.raises(DeosCompileError, match=error):
+        compile_emitted(variant("pool2x2", more, tmp_path), loaded(LLAVA))
+
+
+def test_a_stack_no_route_reduces_is_refused_naming_what_was_tried():
+    with pytest.raises(DeosCompileError) as caught:
+        compile_emitted(bundled("tome.deos", "tome"), fixed_length())
+    message = caught.value.message
+    assert "STATIC sequence length at `encoder.layers`" in message
+    assert "- torch.fx.symbolic_trace: TraceError" in message
+    assert f"- {CONTAINER.format('encoder')}: ValueError: export specialised the sequence length" in message
+    assert "token-mixing" in caught.value.hint
+
+
+@pytest.fixture(scope="module")
+def clip_emitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("emit-static") / "clip-tome"
+    code, stdout, stderr = run_cli("emit", str(SPACES / "tome.deos"), "--model", CLIP, "--out", str(out))
+    assert code == EXIT_OK, stderr
+    return out, stdout
+
+
+def test_cli_emits_tome_on_clip(clip_emitted: tuple[Path, str]):
+    out, stdout = clip_emitted
+    assert "site encoder.layers.0@0: keeps 48/64 reducible, tokens 65 -> 49" in stdout
+    assert "site encoder.layers.1@0: keeps 32/48 reducible, tokens 49 -> 33" in stdout
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["model"], plan["tracer"]) == (CLIP, CONTAINER.format("encoder"))
+    assert [(s["name"], s["tokens_in"], s["tokens_out"]) for s in plan["sites"]] == [
+        ("encoder.layers.0@0", 65, 49), ("encoder.layers.1@0", 49, 33)]
+    code = (out / "model.py").read_text()  # the container's graph
+    assert "deos_hard_0" in code and "deos_hard_1" in code and "pixel_values" not in code
+    assert unsafe_payloads(out / "model.pt2") == []
+
+
+def test_whole_model_pt2_reloads_and_runs_without_deos(clip_emitted: tuple[Path, str], tmp_path: Path):
+    out, _ = clip_emitted
+    result = tome(CLIP)
+    got = run_without_deos(out / "model.pt2", result, tmp_path)  # the whole model: pixels in
+    assert [t.shape for t in got] == [(2, 33, 32), (2, 32)]  # last_hidden_state, pooled CLS
+    assert_outputs_equal(got, tensors(result.run()), atol=1e-6)
+
+
+def test_cli_emits_pool2x2_on_llava_and_its_pt2_reloads(tmp_path: Path):
+    out = tmp_path / "llava-pool2x2"
+    code, stdout, stderr = run_cli("emit", str(SPACES / "pool2x2.deos"), "--model", LLAVA, "--out", str(out))
+    assert code == EXIT_OK, stderr
+    assert f"site {PROJECTOR}@0: keeps 4/16 reducible, tokens 16 -> 4" in stdout
+    assert json.loads((out / "plan.json").read_text())["tracer"] == pooled_projector().traced.tracer
+    got = run_without_deos(out / "model.pt2", pooled_projector(), tmp_path)  # the whole model: ids and pixels in
+    assert_outputs_equal(got, tensors(pooled_projector().run()), atol=1e-6)
