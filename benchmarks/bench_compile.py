@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deos_dsl.compiler import build_block_map, trace, trace_language_model  # noqa: E402
+from deos_dsl.compiler import TracedModel, build_block_map, trace, trace_language_model  # noqa: E402
 from deos_dsl.compiler.models import llava_config  # noqa: E402
 from deos_dsl.frontend import load_spaces  # noqa: E402
 from deos_dsl.passes.bind_sites import bind_sites  # noqa: E402
@@ -38,6 +38,14 @@ def build() -> torch.nn.Module:
         return tf.LlavaForConditionalGeneration(llava_config(VISION, TEXT)).eval().requires_grad_(False)
 
 
+def trace_prompt(model: torch.nn.Module) -> TracedModel:
+    """Trace the whole model on a batch-1 prompt of `PROMPT` tokens, `VISUAL` image placeholders at `START`."""
+    ids = torch.ones(1, PROMPT, dtype=torch.long, device="meta")
+    pixels = torch.zeros(1, 3, 336, 336, device="meta")
+    ids[:, START:START + VISUAL] = model.config.image_token_index
+    return trace(model, (), dict(input_ids=ids, pixel_values=pixels))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--language-model-only", action="store_true", help="trace the decoder on inputs_embeds")
@@ -49,10 +57,7 @@ def main() -> None:
     if args.language_model_only:
         traced = trace_language_model(model, PROMPT)
     else:
-        ids = torch.ones(1, PROMPT, dtype=torch.long, device="meta")
-        pixels = torch.zeros(1, 3, 336, 336, device="meta")
-        ids[:, START:START + VISUAL] = model.config.image_token_index
-        traced = trace(model, (), dict(input_ids=ids, pixel_values=pixels))
+        traced = trace_prompt(model)
     t2 = time.perf_counter()
     block_map = build_block_map(traced, spans={"decoder": (START, START + VISUAL)})
     t3 = time.perf_counter()
