@@ -25,7 +25,8 @@ from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.frontend.loader import read_source
 from deos_dsl.frontend.render import render_diagnostics, space_tree
 
-if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit
+if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit / search / cost
+    from deos_dsl.compiler.emit import Emitted
     from deos_dsl.compiler.errors import DeosCompileError
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -141,10 +142,21 @@ def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _usage(message: str, err: Console) -> int:
+    err.print(f"deos: error: {message}", highlight=False, markup=False)
+    return EXIT_USAGE
+
+
 def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import DeosCompileError, resolve_model
     from deos_dsl.compiler.emit import compile_emitted, write_artifacts
 
+    if Path(args.space_file).is_dir():
+        if args.model is not None or args.space is not None:
+            return _usage("a search directory fixes its space and model: drop --model / --space", err)
+        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), out, err)
+    if args.model is None or args.out is None:
+        return _usage("emitting a .deos file needs --model and --out", err)
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
         return EXIT_DIAGNOSTICS
@@ -153,17 +165,114 @@ def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
         paths = write_artifacts(emitted, Path(args.out))
     except (DeosCompileError, DeosError) as error:
         return _compile_failure(error, err)
+    return _print_emitted(emitted, paths, out)
+
+
+def _emit_search(directory: Path, target: Path | None, out: Console, err: Console) -> int:
+    """`deos emit DIR`: compile the discrete schedule of the search in `directory`."""
+    from deos_dsl.compiler import DeosCompileError
+    from deos_dsl.search.result import emit_result
+
+    try:
+        emitted, paths = emit_result(directory, target)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    return _print_emitted(emitted, paths, out)
+
+
+def _print_emitted(emitted: Emitted, paths: list[Path], out: Console) -> int:
     for name, plan in emitted.plans.items():
         n_in, n_out = emitted.lengths.get(name, ("-", "-"))
-        state = f"keeps {plan.keep}/{plan.entering} reducible, tokens {n_in} -> {n_out}" if plan.active else "off"
+        extra = f" + {plan.extra} extra" if plan.extra else ""
+        state = f"keeps {plan.keep}/{plan.entering} reducible{extra}, tokens {n_in} -> {n_out}" if plan.active else "off"
         out.print(f"site {name}: {state}", highlight=False, markup=False)
     out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
 
 
+def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError
+    from deos_dsl.search.loop import Options, search
+    from deos_dsl.search.render import accuracy_line, constraint_lines, schedule_table
+
+    chosen = _selected_spaces(args, err, exactly_one=True)
+    if chosen is None:
+        return EXIT_DIAGNOSTICS
+    options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
+                      device=args.device, val_size=args.val)
+    try:
+        outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    if not outcome.main or outcome.schedule is None:
+        return EXIT_OK
+    out.print(schedule_table(outcome.schedule))
+    for line in constraint_lines(outcome.schedule, outcome.limits):
+        out.print(line, highlight=False, markup=False)
+    if outcome.accuracy:
+        out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
+    out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s; wrote {args.out}/ (schedule.json, "
+              "result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)", highlight=False, markup=False)
+    return _emit_search(Path(args.out), None, out, err) if args.emit else EXIT_OK
+
+
+def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError, resolve_model
+    from deos_dsl.cost import Conventions, cost_space, load_schedule
+    from deos_dsl.cost.report import cost_json, cost_tables
+
+    chosen = _selected_spaces(args, err, exactly_one=True)
+    if chosen is None:
+        return EXIT_DIAGNOSTICS
+    try:
+        conventions = Conventions(causal_halving=args.causal_halving, all_ops=args.all_ops)
+        cost, schedule = cost_space(chosen[0], resolve_model(args.model), conventions)
+        if args.schedule is not None:
+            schedule = load_schedule(Path(args.schedule), cost)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    if args.json:
+        out.print(json.dumps(cost_json(cost, schedule), indent=2), highlight=False, markup=False, soft_wrap=True)
+    else:
+        out.print(cost_tables(cost, schedule))
+    return EXIT_OK
+
+
+def add_cost(commands: argparse._SubParsersAction) -> None:
+    cost_p = commands.add_parser("cost", help="symbolic FLOPs of a space on a model: per block and site, dense vs reduced")
+    cost_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
+    cost_p.add_argument("--model", required=True, metavar="MODEL",
+                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
+    cost_p.add_argument("--space", metavar="NAME", help="the space to cost (needed when the file has several)")
+    cost_p.add_argument("--schedule", metavar="PLAN", help="a plan.json (from `deos emit`) to evaluate instead of the "
+                        "space's own decisions")
+    cost_p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    cost_p.add_argument("--causal-halving", action="store_true", help="count causal attention as L(L+1)/2 pairs")
+    cost_p.add_argument("--all-ops", action="store_true", help="also count pointwise, softmax, norm and reduction ops")
+    cost_p.set_defaults(run=cmd_cost)
+
+
 def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
     out.print_json(json.dumps(ir.Module.model_json_schema()))
     return EXIT_OK
+
+
+def add_search(commands: argparse._SubParsersAction) -> None:
+    search_p = commands.add_parser("search", help="search a space on a model: train its operator parameters, "
+                                   "then discretise under the budgets")
+    search_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
+    search_p.add_argument("--model", required=True, metavar="MODEL", help="embedded, hf:<Architecture> or module:pkg.mod:factory")
+    search_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
+    search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
+    search_p.add_argument("--space", metavar="NAME", help="the space to search (needed when the file has several)")
+    search_p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>")
+    search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
+    search_p.add_argument("--batch", type=int, default=32, metavar="B", help="global batch size (default 32)")
+    search_p.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint period (default 50)")
+    search_p.add_argument("--val", type=int, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
+    search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
+    search_p.add_argument("--emit", action="store_true", help="then emit the schedule into DIR/emitted")
+    search_p.set_defaults(run=cmd_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,13 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
     compile_p.add_argument("--space", metavar="NAME", help="compile only this space of the file (default: all)")
     compile_p.set_defaults(run=cmd_compile)
-    emit_p = commands.add_parser("emit", help="emit a space's reduced model: model.pt2, model.py, plan.json")
-    emit_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
-    emit_p.add_argument("--model", required=True, metavar="MODEL",
-                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
-    emit_p.add_argument("--out", required=True, metavar="DIR", help="a new directory for the artefacts")
+    emit_p = commands.add_parser("emit", help="emit a space's (or a search's) reduced model: model.pt2, model.py, plan.json")
+    emit_p.add_argument("space_file", metavar="SPACE", help="a .deos file, or the --out directory of a `deos search`")
+    emit_p.add_argument("--model", metavar="MODEL",
+                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory "
+                             "(a .deos file only: a search directory knows its model)")
+    emit_p.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
     emit_p.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
     emit_p.set_defaults(run=cmd_emit)
+    add_search(commands)
+    add_cost(commands)
     schema_p = commands.add_parser("schema", help="print the JSON schema of the IR")
     schema_p.set_defaults(run=cmd_schema)
     return parser

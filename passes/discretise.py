@@ -132,11 +132,22 @@ class Discretise(PassBase):
                 "trace the model with torch.fx.symbolic_trace (modules reading sizes from their input), or "
                 "export it with a dynamic sequence length")
 
+    def _drop_closed_scores(self, graph_module: fx.GraphModule) -> None:
+        """Erase the (unused) score and feature nodes of the inactive sites: they were inserted for
+        the site's full span, which an earlier active site may have shrunk (a searched schedule
+        that closes a site after an open one)."""
+        for site in self.sites:
+            if not self.plans[site.name].active:
+                for node in (self.scores[site.name].score, self.scores[site.name].features):
+                    if node is not None and not node.users:
+                        graph_module.graph.erase_node(node)
+
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         streams: dict[str, tuple[fx.Node, fx.Node]] = {}
         current: dict[Hashable, fx.Node] = {}  # side tensor / length read -> what its users now read
         sizes: dict[str, fx.Node] = {}
         biases: dict[str, tuple[Block, fx.Node]] = {}  # block path -> the latest proportional bias reaching it
+        self._drop_closed_scores(graph_module)
         for index, site in enumerate(self._active()):
             stream, anchor = streams.get(site.block.path, (site.node, site.node))
             outputs = self._insert(graph_module, index, site, stream, anchor, sizes.get(site.block.stack))

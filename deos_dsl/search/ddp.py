@@ -1,0 +1,87 @@
+"""Devices and data-parallel processes for the search.
+
+Device: `auto` picks CUDA when available (`cuda:LOCAL_RANK` under torchrun), else the CPU;
+`cpu`, `cuda`, `cuda:<i>` are taken as given (CUDA asked for but absent is a `SearchError`).
+
+Data parallel: launched with `torchrun --nproc-per-node W -m deos_dsl.cli search ...`, each
+process joins the default process group (gloo on CPU, nccl on GPU), wraps the relaxed graph in
+`DistributedDataParallel` (only the operator parameters train: they are replicated and their
+gradients averaged; the frozen model is never synchronised after the start) and takes its
+shard of every batch (`data.DataSpec.train_batch`). Without torchrun (`WORLD_SIZE` unset or
+1) nothing is initialised and `World()` is the single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import SearchError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that logs, checkpoints and writes the result."""
+        return self.rank == 0
+
+
+def pick_device(requested: str) -> torch.device:
+    """The device for `--device` (module docstring)."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if requested == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise SearchError(f"unknown device `{requested}`", "use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SearchError(f"device `{requested}` asked for, but CUDA is not available here", "use --device auto or cpu")
+        return torch.device("cuda", device.index if device.index is not None else local)
+    return device
+
+
+def join(device: torch.device) -> World:
+    """Join the torchrun process group when there is one (gloo on CPU, nccl on CUDA)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def leave(world: World) -> None:
+    """Leave the process group joined by `join` (no-op for a single process)."""
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def replicate(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """`module` wrapped for data-parallel training (its trainable parameters replicated)."""
+    if world.size == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def mean_over(values: torch.Tensor, world: World) -> torch.Tensor:
+    """`values` (on this process's device: nccl reduces CUDA tensors only) averaged over the processes."""
+    if world.size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / world.size

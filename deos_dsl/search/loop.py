@@ -1,0 +1,355 @@
+"""The search loop (DESIGN 1.2): the frozen model, only the operator parameters train.
+
+Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.annealed`):
+1. every site's soft top-k temperature is set to `T_s`; every LEARNED gate gets one relaxed
+   sample per example (`relaxation.sample_gate`, noise from a generator seeded by
+   (seed, rank, s) alone, so a resumed run draws exactly the same noise);
+2. constraints on the EXPECTED schedule: `TokenFlow` with each gate's `E[z]` at `T_s` and each
+   site's keep rule; violations `g`, penalty `mu * max(0, g) + rho / 2 * max(0, g)^2`
+   (`lagrangian.py`); its gradient is taken first, apart (it depends on the parameters alone);
+3. objective on the train batch: the task loss (`cross_entropy` on the answers, or `kl` to the
+   dense model's answers) + `align * ||h - h_dense||^2 / ||h_dense||^2`, the relative squared
+   error of the final hidden states on the protected (non-reducible) positions, per example;
+   the dense reference runs without gradient only when needed (align > 0 or kl);
+4. backward of the objective (averaged over processes by DDP), the usefulness estimate
+   `-d objective / d c` of every learned keep ratio is updated (running mean, decay 0.9, for
+   the discretiser's repair), the penalty gradient is added, the optimiser steps
+   (the policy's adam / adamw / sgd at its `lr`), and the multipliers ascend
+   (`mu <- max(0, mu + eta * g)`).
+The main process logs each step (`log.py`), checkpoints every `checkpoint_every` steps and at
+the end (`checkpoint.py`), then discretises (`discretise.py`), validates (`validate.py`) and
+writes the result and the plots. On CUDA both forwards run under bf16 autocast.
+
+Every check of the input happens before any compute (`Search.__init__`): data spec, model and
+data fit, output directory / checkpoint, and the reachability of every budget on the bound
+model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from torch import Tensor
+
+from deos_dsl.compiler.models import resolve_model
+from deos_dsl.frontend import ir
+
+from . import ddp
+from .checkpoint import load_checkpoint, save_checkpoint
+from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
+from .data import check_model, parse_data
+from .discretise import Discretiser, Schedule, site_retains
+from .errors import SearchError
+from .graph import SearchGraph, build_search_graph
+from .lagrangian import AugmentedLagrangian
+from .log import JsonLog, Progress, read_log
+from .plots import plot_trajectories
+from .relaxation import annealed, expected_gate, sample_gate
+from .result import Run, read_run, write_result, write_run
+from .validate import dense_accuracy, schedule_accuracy
+
+DECAY = 0.9  # running mean of the usefulness estimates
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a search: `steps` None = the policy's; `stop_after` ends the run after that
+    many steps as a kill would (what was checkpointed stays); `val_size` 0 skips validation."""
+
+    steps: int | None = None
+    batch_size: int = 32
+    checkpoint_every: int = 50
+    device: str = "auto"
+    val_size: int = 1000
+    stop_after: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What a search produced: the schedule (None when stopped early), its limits and the
+    validation accuracies (`main`: this is the process that wrote them)."""
+
+    out: Path
+    steps_done: int
+    main: bool = True
+    limits: list[Limit] = field(default_factory=list)
+    schedule: Schedule | None = None
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def number(expr: ir.Expr | None) -> float:
+    assert isinstance(expr, ir.Num), "policies come from a resolved space"
+    return expr.value
+
+
+def step_noise(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of the gate noise of `step` on `rank` (a function of the three alone)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) % (1 << 63))
+
+
+def flops_model(graph: SearchGraph) -> FlopsModel:
+    """The symbolic cost model's differentiable FLOPs of `graph`'s sites (`deos_dsl.cost`)."""
+    from deos_dsl.cost import search_flops
+
+    return search_flops(graph.block_map, graph.sites, graph.scores)
+
+
+class Search:
+    """One search into `out` (module docstring); `run()` does the compute."""
+
+    def __init__(self, space: ir.Space, model: str, data: str, out: Path, options: Options = Options(),
+                 resume: bool = False, console: Console | None = None) -> None:
+        policy = space.policy or ir.Policy()
+        self.space, self.out, self.options, self.console = space, out, options, console
+        self.spec = parse_data(data)
+        steps = options.steps or int(number(policy.steps))
+        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)))
+        if options.batch_size < 1 or options.checkpoint_every < 1:
+            raise SearchError("--batch and --checkpoint-every must be positive")
+        self.loaded = resolve_model(model)
+        check_model(self.spec, self.loaded)
+        self.device = ddp.pick_device(options.device)
+        self.world = ddp.join(self.device)
+        try:
+            self._check_and_build(space, model, resume)
+        except BaseException:
+            ddp.leave(self.world)
+            raise
+
+    def _check_and_build(self, space: ir.Space, model: str, resume: bool) -> None:
+        """The checks that need the process group, and the graphs (still no compute)."""
+        options = self.options
+        if options.batch_size % self.world.size:
+            raise SearchError(f"batch {options.batch_size} does not split over {self.world.size} processes",
+                              "use a batch size divisible by the number of processes")
+        self.state = self._check_out(resume)
+        torch.manual_seed(self.run_info.seed)
+        self.graph = build_search_graph(space, self.loaded)
+        flops = flops_model(self.graph) if any(c.quantity == "flops" for c in space.constraints) else None
+        self.constraints = Constraints.of(space, self.graph.block_map, self.graph.flow, flops)
+        self.retains = site_retains(space, self.graph.sites)
+        Discretiser(self.constraints, self.graph.modules, self.retains, {}).check_reachable(model)
+        self.params = [p for m in self.graph.modules.values() for p in m.parameters() if p.requires_grad]
+        if not self.params:
+            raise SearchError(f"space `{space.name}` learns nothing: every site is fixed",
+                              "make a site's activate, retain or operator `learned`, or emit the space directly")
+        if self.state is None:
+            self._create_out()
+
+    def _check_out(self, resume: bool) -> dict[str, Any] | None:
+        """Validate the output directory (and read the checkpoint on resume) on every process; writes nothing."""
+        if resume:
+            state = load_checkpoint(self.out)
+            differences = read_run(self.out).differences(self.run_info)
+            if differences:
+                raise SearchError(f"--resume with other arguments than the search in {self.out}: {', '.join(differences)} differ",
+                                  "resume with the same space, --model, --data, --batch and --steps")
+            return state
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise SearchError(f"{self.out} already exists and is not empty", "choose a new --out, or pass --resume")
+        return None
+
+    def _create_out(self) -> None:
+        """Write `run.json` into a new output directory, once every check has passed."""
+        if self.world.size > 1:
+            dist.barrier()  # every process has looked at the directory before the main one writes
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_run(self.out, self.run_info)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def prepare(self) -> int:
+        """Move the graphs to the device, build the optimiser and the multipliers, load the
+        checkpoint when resuming; returns the first step to run."""
+        policy = self.space.policy or ir.Policy()
+        self.graph.gm.to(self.device)
+        self.graph.dense.to(self.device)
+        self.optimizer = OPTIMIZERS[policy.optimizer or "adam"](self.params, lr=number(policy.lr))
+        self.lagrangian = AugmentedLagrangian(len(self.constraints.limits), number(policy.dual_step), number(policy.penalty))
+        self.usefulness: dict[str, float] = {}
+        start = 0
+        if self.state is not None:
+            for name, module in self.graph.modules.items():
+                module.load_state_dict(self.state["modules"][name])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.lagrangian.load_state_dict(self.state["lagrangian"])
+            self.usefulness, start = dict(self.state["usefulness"]), self.state["step"]
+        self.model = ddp.replicate(self.graph.gm, self.world, self.device)
+        return start
+
+    def run(self) -> Outcome:
+        """Search, then discretise, validate and write the result (module docstring)."""
+        started = time.perf_counter()
+        start = self.prepare()
+        steps = self.run_info.steps
+        end = steps if self.options.stop_after is None else min(steps, self.options.stop_after)
+        log = JsonLog(self.out, keep_until=start) if self.world.main else None
+        try:
+            with Progress(self.console if self.world.main else None, steps, start) as progress:
+                for step in range(start, end):
+                    record = self.step(step)
+                    record["seconds"] = round(time.perf_counter() - started, 3)
+                    if log is not None:
+                        log.append(record)
+                    progress.advance(record)
+                    if self.world.main and ((step + 1) % self.options.checkpoint_every == 0 or step + 1 == steps):
+                        self._checkpoint(step + 1)
+            outcome = Outcome(self.out, end, self.world.main, self.constraints.limits)
+            if end == steps:
+                self._finish(outcome)
+        finally:
+            ddp.leave(self.world)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _checkpoint(self, done: int) -> None:
+        save_checkpoint(self.out, {"step": done, "modules": {n: m.state_dict() for n, m in self.graph.modules.items()},
+                                   "optimizer": self.optimizer.state_dict(), "lagrangian": self.lagrangian.state_dict(),
+                                   "usefulness": dict(self.usefulness)})
+
+    def expected_values(self, temperature: float) -> tuple[list[Tensor], dict[str, float]]:
+        """Each limit's expected value (differentiable in the site parameters), and each site's
+        expected gate, at relaxation `temperature`."""
+        relaxation = (self.space.policy or ir.Policy()).relaxation or "hard_concrete"
+        gates: dict[str, Tensor] = {}
+        for name, module in self.graph.modules.items():
+            alpha = module.alpha
+            gates[name] = expected_gate(alpha, relaxation, temperature) if module.specs["alpha"].learned else module.value("alpha")
+
+        def leave(site: FlowSite, entering: Tensor | int) -> Tensor:
+            module = self.graph.modules[site.name]
+            entering = torch.as_tensor(entering, dtype=torch.float32, device=module.alpha.device)
+            return expected_leaving(module, entering, gates[site.name])
+
+        values = self.constraints.values(self.graph.flow.through(leave), gates)
+        return [torch.as_tensor(v, device=self.device) for v in values], {name: float(g.detach()) for name, g in gates.items()}
+
+    def _objective(self, model: torch.nn.Module, step: int, objective: ir.Objective) -> dict[str, Tensor]:
+        batch = self.spec.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size)
+        pixels, question = batch.pixels.to(self.device), batch.question.to(self.device)
+        answer = batch.answer.to(self.device)
+        weight = number(objective.align)
+        kl = objective.task == "kl"
+        cuda = self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits, hidden, stream = model(pixels, question)
+            reference = None
+            if weight > 0 or kl:
+                with torch.no_grad():
+                    reference = self.graph.dense(pixels, question, stream)
+        logits, hidden = logits.float(), hidden.float()
+        if kl:
+            assert reference is not None
+            task = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference[0].float(), -1), log_target=True,
+                            reduction="batchmean")
+        else:
+            task = F.cross_entropy(logits, answer)
+        align = torch.zeros((), device=self.device)
+        if weight > 0:
+            assert reference is not None
+            keep = self.graph.protected.to(self.device)
+            target = reference[1].float()[:, keep]
+            error = (hidden[:, keep] - target).square().flatten(1).sum(-1)
+            align = (error / target.square().flatten(1).sum(-1).clamp_min(1e-12)).mean()
+        return {"task": task, "align": align, "objective": task + weight * align}
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One search step (module docstring, 1-4) after `prepare()`; returns its log record."""
+        policy, objective = self.space.policy or ir.Policy(), self.space.objective or ir.Objective()
+        modules, optimizer, lagrangian = self.graph.modules, self.optimizer, self.lagrangian
+        assert policy.anneal is not None and policy.relaxation is not None
+        temperature = annealed(policy.anneal, step, self.run_info.steps)
+        values, expected = self.expected_values(temperature)
+        violations = torch.stack([limit.violation(v).float() for limit, v in zip(self.constraints.limits, values)]) \
+            if values else torch.zeros(0, device=self.device)
+        penalty = lagrangian.penalty_terms(violations).sum()
+        penalty_grads = torch.autograd.grad(penalty, self.params, allow_unused=True) if penalty.requires_grad else None
+        noise = step_noise(self.run_info.seed, self.world.rank, step)
+        local = self.run_info.batch_size // self.world.size
+        for module in modules.values():
+            module.temperature.fill_(temperature)
+            if module.specs["alpha"].learned:
+                module.gate_sample = sample_gate(module.alpha, local, policy.relaxation, temperature, noise)
+        optimizer.zero_grad(set_to_none=True)
+        losses = self._objective(self.model, step, objective)
+        losses["objective"].backward()
+        for module in modules.values():
+            module.gate_sample = None
+        self._update_usefulness()
+        if penalty_grads is not None:
+            for param, grad in zip(self.params, penalty_grads):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad + grad
+        optimizer.step()
+        lagrangian.update(violations)
+        logged = ddp.mean_over(torch.stack([losses["objective"].detach(), losses["task"].detach(),
+                                            losses["align"].detach()]), self.world).cpu()
+        return self._record(step, temperature, logged, float(penalty.detach()), [v.detach() for v in values],
+                            violations.detach(), lagrangian, expected)
+
+    def _update_usefulness(self) -> None:
+        """Running mean of `-d objective / d c` per learned keep ratio (the objective's gradient only)."""
+        for name, module in self.graph.modules.items():
+            beta = module.specs["beta"]
+            if not beta.learned or module.beta.grad is None:
+                continue
+            (slope,) = torch.autograd.grad(module.value("beta"), module.beta)
+            if float(slope) <= 0:
+                continue
+            raw = -float(module.beta.grad) / float(slope)
+            old = self.usefulness.get(name)
+            self.usefulness[name] = raw if old is None else DECAY * old + (1 - DECAY) * raw
+
+    def _record(self, step: int, temperature: float, logged: Tensor, penalty: float, values: list[Tensor],
+                violations: Tensor, lagrangian: AugmentedLagrangian, expected: dict[str, float]) -> dict[str, Any]:
+        sites = {}
+        with torch.no_grad():
+            for name, module in self.graph.modules.items():
+                n = module.span[1] - module.span[0]
+                keep = module.value("beta") if module.count_mode is None else module.keep_ratio(torch.tensor([float(n)]))[0]
+                sites[name] = {"gate": float(module.value("alpha")), "expected_gate": expected[name], "keep": float(keep),
+                               **{key: float(module.value(key)) for key in ("gamma", "tau", "rho", "nu", "theta")}}
+        constraints = {limit.label: {"value": float(v), "g": float(g), "mu": float(mu)}
+                       for limit, v, g, mu in zip(self.constraints.limits, values, violations, lagrangian.mu)}
+        loss, task, align = (float(x) for x in logged)
+        return {"step": step, "temperature": temperature, "loss": loss + penalty, "task": task, "align": align,
+                "penalty": penalty, "constraints": constraints, "sites": sites}
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Discretise, validate, write the result and the plots (main process)."""
+        policy = self.space.policy or ir.Policy()
+        assert policy.anneal is not None
+        with torch.no_grad():
+            _, expected = self.expected_values(annealed(policy.anneal, self.run_info.steps - 1, self.run_info.steps))
+        discretiser = Discretiser(self.constraints, self.graph.modules, self.retains, self.usefulness, expected)
+        schedule = discretiser.run(number(policy.snap))
+        outcome.schedule = schedule
+        if not self.world.main:
+            return
+        settings = schedule.settings({site.name: self.space.sites[site.site_index] for site in self.graph.sites})
+        if self.options.val_size > 0:
+            batch = self.spec.validation(self.options.val_size)
+            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, settings, batch, self.device),
+                                "dense": dense_accuracy(self.graph, batch, self.device)}
+        data = schedule.to_json()
+        data.update(space=self.space.name, model=self.run_info.model, data=self.run_info.data,
+                    targets={limit.label: limit.target for limit in self.constraints.limits},
+                    usefulness=self.usefulness, accuracy=outcome.accuracy, val_size=self.options.val_size)
+        write_result(self.out, {n: m.state_dict() for n, m in self.graph.modules.items()}, data, settings)
+        plot_trajectories(read_log(self.out), self.out)
+
+
+def search(space: ir.Space, model: str, data: str, out: Path, options: Options = Options(), resume: bool = False,
+           console: Console | None = None) -> Outcome:
+    """Check everything, then run the search (see `Search`)."""
+    return Search(space, model, data, out, options, resume, console).run()
+

@@ -1,0 +1,127 @@
+"""The files of a search directory besides the checkpoint and the log, and their loading.
+
+- `run.json`: what was searched (`Run`): the resolved space (IR JSON), the model and data
+  names, batch size, steps, seed. Written before the first step; `--resume` checks the given
+  arguments against it.
+- `result.pt`: every site module's state after the last step (`torch.save`, loaded with
+  `weights_only=True`).
+- `schedule.json`: the discrete schedule (per site: gate, tokens entering / kept / leaving,
+  regime values, corner, snapped parameters), each limit's discrete value and target, the
+  repair moves, validation accuracies, and per site the fixed `ir.SiteSettings` that
+  `deos emit DIR` compiles (`compile_emitted(..., settings=...)`).
+Loading validates and raises `SearchError` for a missing or corrupt directory;
+`emit_result` compiles the schedule into `emitted/` (`deos emit DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from deos_dsl.compiler.emit import Emitted, compile_emitted, write_artifacts
+from deos_dsl.compiler.models import resolve_model
+from deos_dsl.files import write_atomically
+from deos_dsl.frontend import ir
+
+from .errors import SearchError
+from .log import finite_json
+
+RUN, RESULT, SCHEDULE, EMITTED = "run.json", "result.pt", "schedule.json", "emitted"
+
+
+@dataclass(frozen=True)
+class Run:
+    """The arguments of a search, as `run.json` stores them (`space` is the resolved IR)."""
+
+    space: ir.Space
+    model: str
+    data: str
+    batch_size: int
+    steps: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["space"] = json.loads(self.space.model_dump_json())
+        return data
+
+    def differences(self, other: Run) -> list[str]:
+        """The fields where `other` differs from this run (the space compared structurally)."""
+        return [name for name in ("space", "model", "data", "batch_size", "steps", "seed")
+                if getattr(self, name) != getattr(other, name)]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(finite_json(data), indent=2) + "\n"
+    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SearchError(f"{path} does not exist: {path.parent} holds no {what}",
+                          "give the --out directory of a search (run `deos search` first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SearchError(f"{path} is unreadable or corrupt ({error})", "run the search again") from None
+    if not isinstance(data, dict):
+        raise SearchError(f"{path} is not a deos {what}", "run the search again")
+    return data
+
+
+def write_run(out: Path, run: Run) -> None:
+    _write_json(out / RUN, run.to_json())
+
+
+def read_run(out: Path) -> Run:
+    """The `run.json` of a search directory; raises `SearchError`."""
+    data = _read_json(out / RUN, "search")
+    try:
+        return Run(ir.Space.model_validate(data["space"]), str(data["model"]), str(data["data"]),
+                   int(data["batch_size"]), int(data["steps"]), int(data["seed"]))
+    except (KeyError, TypeError, ValueError, ValidationError) as error:
+        raise SearchError(f"{out / RUN} is not a deos search description ({str(error).splitlines()[0]})",
+                          "run the search again") from None
+
+
+def write_result(out: Path, modules: dict[str, dict[str, torch.Tensor]], schedule: dict[str, Any],
+                 settings: dict[str, ir.SiteSettings]) -> None:
+    """Write `result.pt` (module states) and `schedule.json` (the schedule plus fixed settings)."""
+    write_atomically(out / RESULT, lambda temp: torch.save({"modules": modules}, temp))
+    full = dict(schedule, settings={name: s.structure() for name, s in settings.items()})  # no source spans
+    _write_json(out / SCHEDULE, full)
+
+
+def read_schedule(out: Path) -> tuple[dict[str, Any], dict[str, ir.SiteSettings]]:
+    """`schedule.json` of a finished search and its fixed settings per site; raises `SearchError`."""
+    data = _read_json(out / SCHEDULE, "finished search (it may still run, or was stopped: resume it)")
+    try:
+        settings = {name: ir.SiteSettings.model_validate(s) for name, s in data["settings"].items()}
+    except (KeyError, AttributeError, ValidationError) as error:
+        raise SearchError(f"{out / SCHEDULE} has no valid site settings ({str(error).splitlines()[0]})",
+                          "run the search again") from None
+    return data, settings
+
+
+def read_modules(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The site modules' states of `result.pt`; raises `SearchError`."""
+    path = out / RESULT
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return dict(state["modules"])
+    except Exception as error:  # noqa: BLE001  (missing, torn or foreign file)
+        raise SearchError(f"{path} is missing or corrupt ({type(error).__name__})", "run the search again") from None
+
+
+def emit_result(directory: Path, target: Path | None = None) -> tuple[Emitted, list[Path]]:
+    """Compile the discrete schedule of the search in `directory` on its model and write the
+    artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`)."""
+    run = read_run(directory)
+    _, settings = read_schedule(directory)
+    emitted = compile_emitted(run.space, resolve_model(run.model), settings)
+    return emitted, write_artifacts(emitted, target or directory / EMITTED)

@@ -1,0 +1,117 @@
+"""`deos search` and `deos emit DIR`: a tiny search end to end, the emitted schedule equal to
+what validation measured, and clear errors (exit 1, no traceback) before any compute for a
+budget the space cannot reach, a data/model mismatch, a missing checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from deos_dsl import cli
+from deos_dsl.compiler.emit import compile_emitted
+from deos_dsl.compiler.models import resolve_model
+from deos_dsl.embedded.vqa import fixed_eval_batch
+from deos_dsl.search.graph import build_search_graph, installed
+from deos_dsl.search.result import read_run, read_schedule
+from deos_dsl.search.validate import discrete_modules
+from search_cases import space_text, write_space
+
+SPACES = Path(__file__).resolve().parents[2] / "spaces"
+
+SEARCHED = space_text(steps=3)  # eos_25 at 25% for 3 steps: a projector site, four decoder sites
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), Console(file=out, width=300, color_system=None), Console(file=err, width=300, color_system=None))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "space.deos").write_text(SEARCHED)
+    code, out, err = run("search", str(tmp / "space.deos"), "--model", "embedded", "--data", "embedded",
+                         "--out", str(tmp / "run"), "--batch", "4", "--val", "40", "--emit")
+    assert code == 0, err
+    return tmp / "run", out
+
+
+def test_search_prints_the_schedule_constraints_and_accuracy_then_emits(searched: tuple[Path, str]):
+    directory, out = searched
+    assert "searched schedule (discrete)" in out and "decoder.layers.0@1" in out
+    assert "tokens.mean <= 25%: 25% of the reducible tokens (met)" in out
+    assert "validation (40 val examples): schedule " in out and "(dense " in out
+    schedule = json.loads((directory / "schedule.json").read_text())
+    plan = json.loads((directory / "emitted" / "plan.json").read_text())
+    searched_keeps = [(s["name"], s["active"], s["keep"]) for s in schedule["sites"]]
+    assert [(s["name"], s["active"], s["keep"]) for s in plan["sites"]] == searched_keeps
+    assert schedule["constraints"]["tokens.mean <= 25%"] <= 0.25
+    assert {s["active"] for s in schedule["sites"]} == {True, False}  # closed sites after open ones emit too
+    assert f"wrote {directory / 'emitted' / 'model.pt2'}" in out
+
+
+def test_the_emitted_graph_answers_as_validation_measured(searched: tuple[Path, str]):
+    """Validation runs the schedule on the relaxed graph with hard masks; the emitted graph,
+    which really drops the tokens, gives the same logits."""
+    directory, _ = searched
+    saved, settings = read_run(directory), read_schedule(directory)[1]
+    loaded = resolve_model("embedded")
+    batch = fixed_eval_batch("val", 24)
+    emitted = compile_emitted(saved.space, loaded, settings).graph_module
+    graph = build_search_graph(saved.space, loaded)
+    with torch.no_grad(), installed(graph, discrete_modules(graph, settings, torch.device("cpu"))):
+        relaxed = graph.gm(batch.pixels, batch.question)[0]
+        hard = emitted(batch.pixels, batch.question)
+    torch.testing.assert_close(relaxed, hard, atol=1e-4, rtol=1e-4)
+
+
+def test_emit_of_a_search_directory_into_a_chosen_folder(searched: tuple[Path, str], tmp_path: Path):
+    directory, _ = searched
+    code, _, err = run("emit", str(directory), "--out", str(tmp_path / "again"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["model.pt2", "model.py", "plan.json"]
+    code, _, err = run("emit", str(directory), "--model", "embedded")
+    assert code == 2 and "drop --model" in err
+
+
+def no_traceback(code: int, err: str, expected: int = 1) -> None:
+    assert code == expected, err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_bad_input_is_a_clear_error_before_any_compute(tmp_path: Path):
+    space = write_space(tmp_path)
+    base = ["search", str(space), "--model", "embedded", "--data", "embedded"]
+    # 3 sites kept at >= 60% of what enters them cannot bring the decoder layers to 25% on average
+    narrow = tmp_path / "narrow.deos"
+    narrow.write_text(space_text(body="  defaults {\n    retain: learned [60%, 100%] init 80%\n  }\n"))
+    cases = [
+        (["search", str(narrow), "--model", "embedded", "--data", "embedded", "--out", str(tmp_path / "a")],
+         ["`tokens.mean <= 25%` is out of reach on model `embedded`", "smallest value this space allows is 33.33%",
+          "hint: raise the budget"]),
+        (["search", str(space), "--model", "hf:Qwen2Model", "--data", "embedded", "--out", str(tmp_path / "b")],
+         ["model `hf:Qwen2Model` does not take shapes-VQA inputs", "hint: data `embedded` needs `--model embedded`"]),
+        ([*base, "--out", str(tmp_path / "c"), "--resume"], ["no checkpoint to resume from", "c/checkpoint.pt does not exist"]),
+        (["search", str(space), "--model", "embedded", "--data", "embedded:cifar", "--out", str(tmp_path / "d")],
+         ["unknown data `embedded:cifar`"]),
+        (["emit", str(tmp_path)], ["holds no search"]),
+        # the bundled EOS space: its sites leave the vision tower whole, half of the dense FLOPs
+        (["search", str(SPACES / "eos.deos"), "--space", "eos", "--model", "embedded", "--data", "embedded",
+          "--out", str(tmp_path / "f")], ["`flops <= 0.5 * dense` is out of reach on model `embedded`", "MFLOP"]),
+    ]
+    for argv, expected in cases:
+        code, _, err = run(*argv)
+        no_traceback(code, err)
+        for text in expected:
+            assert text in err, (text, err)
+    for name in "abdf":
+        assert not (tmp_path / name).exists()  # nothing written
+    code, _, err = run("emit", str(space), "--out", str(tmp_path / "e"))
+    no_traceback(code, err, expected=2)
+    assert "needs --model and --out" in err
