@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.site_transfer import bipartite_min_kept
 from deos_dsl.frontend import ir
 from deos_dsl.ops import keep_count
 from deos_dsl.passes.bind_sites import BoundSite
@@ -56,16 +57,20 @@ def _count(num: ir.Expr, entering: int) -> int:
     return keep_count(entering, num.value / 100 if num.unit == "%" else num.value)
 
 
-def allowed_keeps(retain: ir.Retain, entering: int) -> list[int]:
-    """The keep counts (sorted, unique) `retain` allows when `entering` tokens enter the site."""
+def allowed_keeps(retain: ir.Retain, entering: int, bipartite: bool = False) -> list[int]:
+    """The keep counts (sorted, unique) `retain` allows when `entering` tokens enter the site;
+    a `bipartite` (ToMe) site keeps at least `bipartite_min_kept(entering)`, as `plan_site` does."""
     if isinstance(retain, ir.RetainDrop):
         assert isinstance(retain.amount, ir.Num)
-        return [max(entering - int(retain.amount.value), 0)]
-    if isinstance(retain, ir.RetainFixed):
-        return [_count(retain.amount, entering)]
-    if isinstance(retain, ir.RetainChoices):
-        return sorted({_count(option, entering) for option in retain.options})
-    return list(range(_count(retain.lo, entering), _count(retain.hi, entering) + 1))
+        counts = {max(entering - int(retain.amount.value), 0)}
+    elif isinstance(retain, ir.RetainFixed):
+        counts = {_count(retain.amount, entering)}
+    elif isinstance(retain, ir.RetainChoices):
+        counts = {_count(option, entering) for option in retain.options}
+    else:
+        counts = set(range(_count(retain.lo, entering), _count(retain.hi, entering) + 1))
+    floor = bipartite_min_kept(entering) if bipartite else 0
+    return sorted({max(count, floor) for count in counts})
 
 
 def snap_value(name: str, value: float, tolerance: float) -> float:
@@ -153,7 +158,7 @@ class Discretiser:
         taken: dict[str, int] = {}
 
         def leave(site: FlowSite, entering: int) -> int:
-            allowed = allowed_keeps(self.retains[site.name], entering)
+            allowed = allowed_keeps(self.retains[site.name], entering, self.modules[site.name].bipartite)
             wanted = keep.get(site.name, entering)
             taken[site.name] = max((a for a in allowed if a <= wanted), default=allowed[0])
             return discrete_leaving(self.modules[site.name], entering, taken[site.name], active[site.name])
@@ -175,7 +180,7 @@ class Discretiser:
         keep: dict[str, int] = {}
 
         def leave(site: FlowSite, entering: int) -> int:
-            allowed = allowed_keeps(self.retains[site.name], entering)
+            allowed = allowed_keeps(self.retains[site.name], entering, self.modules[site.name].bipartite)
             ratio = self.ratios[site.name]
             share = 1.0 if ratio is None else 1 - self.expected_gates[site.name] * (1 - ratio)
             wanted = share * entering
@@ -201,7 +206,7 @@ class Discretiser:
                 continue
             entering = counts[name][0]
             current = taken[name] if active[name] else entering
-            allowed = allowed_keeps(self.retains[name], entering)
+            allowed = allowed_keeps(self.retains[name], entering, self.modules[name].bipartite)
             steps = [a for a in allowed if a < current] if down else [a for a in allowed if a > current]
             if not steps:
                 continue

@@ -185,3 +185,17 @@ def test_learned_values_snap_fixed_values_stay_and_settings_rebuild_the_decision
         assert (plan.active, plan.keep) == (decision.active, decision.keep)
         assert (plan.gamma, plan.tau) == pytest.approx((decision.regime["gamma"], decision.regime["tau"]))  # float32
         assert not any(p.requires_grad for p in module.parameters())
+
+
+@pytest.mark.parametrize("entering", [16, 11, 40])
+def test_a_bipartite_sites_allowed_keeps_are_what_the_emitted_plan_keeps(entering: int):
+    """ToMe's cap (at most half the span merges) binds the search's discrete counts as it binds
+    `plan_site`, so a searched schedule emits the counts it was budgeted with."""
+    retain = ir.RetainDrop(amount=ir.Num(value=16, unit="tokens"))
+    module = SiteModule("tome", ir.SiteSettings(activate=ir.ActivateFixed(on=True), retain=retain,
+                                                score=ir.ScoreSimilarity(to="tokens"), operator=ir.Operator(form="merge")),
+                        (1, 1 + entering), 8)
+    assert module.bipartite
+    (keep,) = allowed_keeps(retain, entering, bipartite=True)
+    assert keep == plan_site("tome", module, (1, 1 + entering)).keep == max(entering - 16, entering - entering // 2)
+    assert allowed_keeps(retain, entering) == [max(entering - 16, 0)]  # a prune has no such cap
