@@ -238,12 +238,19 @@ def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+MODEL_HELP = "embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory"
+
+
+def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> None:
+    """The SPACE file, the required `--model` and the `--space` choice of compile / cost / search."""
+    parser.add_argument("space_file", metavar="SPACE", help="a .deos file")
+    parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--space", metavar="NAME", help=space_help)
+
+
 def add_cost(commands: argparse._SubParsersAction) -> None:
     cost_p = commands.add_parser("cost", help="symbolic FLOPs of a space on a model: per block and site, dense vs reduced")
-    cost_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
-    cost_p.add_argument("--model", required=True, metavar="MODEL",
-                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
-    cost_p.add_argument("--space", metavar="NAME", help="the space to cost (needed when the file has several)")
+    add_space_arguments(cost_p, "the space to cost (needed when the file has several)")
     cost_p.add_argument("--schedule", metavar="PLAN", help="a plan.json (from `deos emit`) to evaluate instead of the "
                         "space's own decisions")
     cost_p.add_argument("--json", action="store_true", help="JSON instead of tables")
@@ -260,11 +267,9 @@ def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
 def add_search(commands: argparse._SubParsersAction) -> None:
     search_p = commands.add_parser("search", help="search a space on a model: train its operator parameters, "
                                    "then discretise under the budgets")
-    search_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
-    search_p.add_argument("--model", required=True, metavar="MODEL", help="embedded, hf:<Architecture> or module:pkg.mod:factory")
+    add_space_arguments(search_p, "the space to search (needed when the file has several)")
     search_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
-    search_p.add_argument("--space", metavar="NAME", help="the space to search (needed when the file has several)")
     search_p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>")
     search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
     search_p.add_argument("--batch", type=int, default=32, metavar="B", help="global batch size (default 32)")
@@ -291,16 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     show_p.add_argument("--json", action="store_true", help="JSON instead of a tree")
     show_p.set_defaults(run=cmd_show)
     compile_p = commands.add_parser("compile", help="trace a model, map its blocks and bind a space's sites")
-    compile_p.add_argument("space_file", metavar="SPACE", help="a .deos file")
-    compile_p.add_argument("--model", required=True, metavar="MODEL",
-                           help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
-    compile_p.add_argument("--space", metavar="NAME", help="compile only this space of the file (default: all)")
+    add_space_arguments(compile_p, "compile only this space of the file (default: all)")
     compile_p.set_defaults(run=cmd_compile)
     emit_p = commands.add_parser("emit", help="emit a space's (or a search's) reduced model: model.pt2, model.py, plan.json")
     emit_p.add_argument("space_file", metavar="SPACE", help="a .deos file, or the --out directory of a `deos search`")
-    emit_p.add_argument("--model", metavar="MODEL",
-                        help="embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory "
-                             "(a .deos file only: a search directory knows its model)")
+    emit_p.add_argument("--model", metavar="MODEL", help=f"{MODEL_HELP} (a .deos file only: a search directory knows its model)")
     emit_p.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
     emit_p.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
     emit_p.set_defaults(run=cmd_emit)
