@@ -25,7 +25,7 @@ from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.frontend.loader import read_source
 from deos_dsl.frontend.render import render_diagnostics, space_tree
 
-if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit / search / cost
+if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit / search / cost / evaluate
     from deos_dsl.compiler.emit import Emitted
     from deos_dsl.compiler.errors import DeosCompileError
 
@@ -238,7 +238,48 @@ def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+EVALUATE_BATCH_SIZES = (1, 32)
+
+
+def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError
+    from deos_dsl.embedded.vqa import fixed_eval_batch
+    from deos_dsl.measure import compare, comparison_table, load_searched, write_evaluation
+    from deos_dsl.search.ddp import pick_device
+
+    if args.examples < max(EVALUATE_BATCH_SIZES) or args.repeats < 1:
+        return _usage(f"--examples must be at least {max(EVALUATE_BATCH_SIZES)} (the timing runs the first "
+                      f"{max(EVALUATE_BATCH_SIZES)} at once) and --repeats positive", err)
+    try:
+        device = pick_device(args.device)
+        with err.status(f"compiling the searched schedule of {args.directory}") as status:
+            searched = load_searched(Path(args.directory))
+            comparison = compare(searched.dense.to(device), searched.emitted.module.to(device),
+                                 fixed_eval_batch("test", args.examples), batch_sizes=EVALUATE_BATCH_SIZES,
+                                 repeats=args.repeats, device=device, stage=status.update)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    paths = write_evaluation(searched, comparison)
+    out.print(comparison_table(comparison, searched.title))
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate_p = commands.add_parser("evaluate", help="a finished search's emitted graph against the dense model: "
+                                     "accuracy, counted FLOPs, latency")
+    evaluate_p.add_argument("directory", metavar="DIR", help="the --out directory of a finished `deos search`")
+    evaluate_p.add_argument("--examples", type=int, default=1000, metavar="N",
+                            help="test examples for the accuracy (default 1000; at least 32: the timing runs "
+                            "the first 1 and 32)")
+    evaluate_p.add_argument("--repeats", type=int, default=20, metavar="N",
+                            help="interleaved timing rounds, medians reported (default 20)")
+    evaluate_p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    evaluate_p.set_defaults(run=cmd_evaluate)
+
+
 MODEL_HELP = "embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory"
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
 
 
 def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> None:
@@ -270,7 +311,7 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     add_space_arguments(search_p, "the space to search (needed when the file has several)")
     search_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
-    search_p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>")
+    search_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
     search_p.add_argument("--batch", type=int, default=32, metavar="B", help="global batch size (default 32)")
     search_p.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint period (default 50)")
@@ -278,6 +319,61 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
     search_p.add_argument("--emit", action="store_true", help="then emit the schedule into DIR/emitted")
     search_p.set_defaults(run=cmd_search)
+
+
+DEFAULT_BUDGETS = (50.0, 33.0, 25.0, 22.0, 11.0, 3.0)
+
+
+def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.compiler import DeosCompileError
+    from deos_dsl.search.loop import Options
+    from deos_dsl.study import StudyPlan, run_study, study_spaces
+    from deos_dsl.study.report import summary_table, target_lines
+
+    bad = [b for b in args.budgets if not 0 < b < 100]
+    if bad:
+        err.print(f"deos: error: --budgets takes percents strictly between 0 and 100, got {bad[0]:g}",
+                  highlight=False, markup=False)
+        return EXIT_USAGE
+    spaces: list[ir.Space] = []
+    for file in args.files:
+        checked = _checked_spaces(file, err)
+        if checked is None:
+            return EXIT_DIAGNOSTICS
+        spaces += checked
+    budgets = " ".join(f"{b:g}" for b in args.budgets)
+    command = (f"deos study {' '.join(args.files)} --search {args.search} --model {args.model} --data {args.data} "
+               f"--out {args.out} --budgets {budgets}" + (f" --steps {args.steps}" if args.steps else ""))
+    try:
+        search_space, baselines = study_spaces(spaces, args.search)
+        options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=0)
+        plan = StudyPlan(search_space, baselines, tuple(b / 100 for b in args.budgets), args.model, args.data,
+                         Path(args.out), options, args.examples)
+        entries, paths = run_study(plan, err, command)
+    except (DeosCompileError, DeosError) as error:
+        return _compile_failure(error, err)
+    out.print(summary_table(entries))
+    for line in target_lines(entries):
+        out.print(line, highlight=False, markup=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def add_study(commands: argparse._SubParsersAction) -> None:
+    study_p = commands.add_parser("study", help="search a space and fit every baseline at several token budgets; "
+                                  "results table, Pareto plot and operator patterns")
+    study_p.add_argument("files", nargs="+", metavar="FILE", help=".deos files holding the search space and the baselines")
+    study_p.add_argument("--search", required=True, metavar="NAME", help="the space to search at each budget")
+    study_p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    study_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
+    study_p.add_argument("--out", required=True, metavar="DIR", help="results directory (finished searches in it are reused)")
+    study_p.add_argument("--budgets", nargs="+", type=float, default=list(DEFAULT_BUDGETS), metavar="PERCENT",
+                         help="token budgets, percent of the visual tokens (default: 50 33 25 22 11 3)")
+    study_p.add_argument("--steps", type=int, metavar="N", help="search steps (default: the space's policy)")
+    study_p.add_argument("--batch", type=int, default=32, metavar="B", help="search batch size (default 32)")
+    study_p.add_argument("--examples", type=int, default=1000, metavar="N", help="test examples measured (default 1000)")
+    study_p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    study_p.set_defaults(run=cmd_study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     emit_p.set_defaults(run=cmd_emit)
     add_search(commands)
     add_cost(commands)
+    add_evaluate(commands)
+    add_study(commands)
     schema_p = commands.add_parser("schema", help="print the JSON schema of the IR")
     schema_p.set_defaults(run=cmd_schema)
     return parser

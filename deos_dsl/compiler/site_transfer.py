@@ -41,7 +41,9 @@ def bipartite_destinations(n: int, device: torch.device) -> Tensor:
 def bipartite_min_kept(entering: int | Tensor) -> int | Tensor:
     """ToMe's cap on a bipartite merge: at most `floor(n / 2)` of the `n` tokens entering merge
     (ToMe's `r = min(r, (t - protected) // 2)`), so at least `n - floor(n / 2)` stay. Ints or
-    soft (tensor) counts alike."""
+    soft (tensor) counts alike; a soft count's floor has a zero gradient (`//` has none)."""
+    if isinstance(entering, Tensor):
+        return entering - torch.div(entering, 2, rounding_mode="floor")
     return entering - entering // 2
 
 

@@ -3,13 +3,16 @@ discrete (exact, for discretisation), from one token-flow model.
 
 Token flow. Sites reduce the reducible tokens of a CHAIN: the sites of one block stack in
 graph order; a projector site heads the decoder's chain (its output is the decoder's visual
-span, as the relaxed graph carries it, `passes/insert_relaxed.py`). A vision-encoder site
-stays on the vision chain: on the relaxed graph its mask does not cross the projector, so it
-does not change what the decoder sees. Each site maps the count ENTERING it to the count
-LEAVING it: discrete `keep` when active (else unchanged); expected
-`entering + E[z] * (kept(entering) - entering)` with `E[z]` the expected relaxed gate and
-`kept` the module's keep rule (`SiteModule.keep_ratio`: a ratio of the entering tokens, or a
-fixed count / drop).
+span, as the relaxed graph carries it, `passes/insert_relaxed.py`). The vision chain FEEDS the
+decoder's when the model has both stacks and the vision encoder's reducible span is as long as
+the decoder's visual span (a LLaVA-style 1:1 projector; embedded: 144 = 144): the decoder's
+chain then starts with the count the vision chain leaves, the tokens the emitted graph passes
+on (the relaxed graph does not carry a vision site's mask across the projector, so a relaxed
+forward does not see that reduction; the constraints count it). Each site maps the count
+ENTERING it to the count LEAVING it: discrete `keep` plus its extra tokens when active (else
+unchanged); expected `entering + E[z] * (kept(entering) - entering)` with `E[z]` the expected
+relaxed gate and `kept` the module's keep rule (`SiteModule.keep_ratio`: a ratio of the
+entering tokens, or a fixed count / drop).
 
 Quantities (shares of the chain's reducible span `n`, whatever unit the bound is written in):
 - `tokens.mean`: the LAYER-AVERAGED share of reducible tokens entering the layers of the
@@ -99,17 +102,25 @@ def expected_leaving(module: SiteModule, entering: Tensor, gate: Tensor) -> Tens
 
 
 def discrete_leaving(module: SiteModule, entering: int, keep: int, active: bool) -> int:
-    """Span tokens leaving an active site keeping `keep` (plus its contextual targets), else `entering`."""
-    return keep + min(module.contextual, entering - keep) if active else entering
+    """Span tokens leaving an active site keeping `keep`, else `entering`: plus its contextual
+    targets (`into: extra(n)`, n > 1), or the ONE token it fuses the others into (`into:
+    extra(1)`, added even when nothing is dropped), as `plan_site` counts them."""
+    if not active:
+        return entering
+    return keep + (1 if module.fuse else min(module.contextual, entering - keep))
 
 
 class TokenFlow:
     """The chains of a bound space (module docstring) and the quantities computed from them:
     `sites` in graph order, `chain` / `layers` / `n` the budget stack's prefix, layer count and
-    reducible span length."""
+    reducible span length. `feeds[chain]` is the chain whose last site's leaving count enters
+    `chain` (the vision chain feeding the decoder's on a 1:1 projector, module docstring);
+    every other chain starts at its span. Feeding chains come first in graph order."""
 
-    def __init__(self, sites: list[FlowSite], chain: str, layers: int, n: int) -> None:
+    def __init__(self, sites: list[FlowSite], chain: str, layers: int, n: int,
+                 feeds: dict[str, str] | None = None) -> None:
         self.sites, self.chain, self.layers, self.n = sites, chain, layers, n
+        self.feeds = feeds or {}
 
     @classmethod
     def of(cls, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores]) -> TokenFlow:
@@ -126,30 +137,48 @@ class TokenFlow:
         span = block_map.spans.get(budget.role or "") if budget else None
         on_chain = [s.n for s in flow_sites if s.chain == chain]
         n = span[1] - span[0] if span else (on_chain[0] if on_chain else 1)
-        return cls(flow_sites, chain, len(budget.blocks) if budget else 0, n)
+        return cls(flow_sites, chain, len(budget.blocks) if budget else 0, n, _feeds(block_map))
 
     def span_of(self, chain: str) -> int:
         return next((s.n for s in self.sites if s.chain == chain), self.n)
+
+    def chain_start(self, counts: dict[str, tuple[N, N]], chain: str) -> N | int:
+        """Tokens entering `chain` before its first site: what the last site of the chain feeding
+        it left (among `counts`), else the chain's span."""
+        feeder = self.feeds.get(chain)
+        left = [counts[s.name][1] for s in self.sites if s.chain == feeder and s.name in counts]
+        return left[-1] if left else self.span_of(chain)
 
     def through(self, leave: Callable[[FlowSite, N], N]) -> dict[str, tuple[N, N]]:
         """`site -> (entering, leaving)` counts, `leave(site, entering)` applied in chain order."""
         current: dict[str, N] = {}
         counts: dict[str, tuple[N, N]] = {}
         for site in self.sites:
-            entering = current.get(site.chain, site.n)
+            entering = current[site.chain] if site.chain in current else self.chain_start(counts, site.chain)
             current[site.chain] = leave(site, entering)
             counts[site.name] = (entering, current[site.chain])
         return counts
 
     def share_after(self, counts: dict[str, tuple[N, N]], chain: str, layer: int) -> N | float:
-        """Share of `chain`'s span left after its block `layer` (and every site before it)."""
+        """Share of `chain`'s span left after its block `layer` (and every site before it, the
+        chain feeding it included)."""
         left = [counts[s.name][1] for s in self.sites if s.chain == chain and s.layer <= layer]
-        return (left[-1] if left else self.span_of(chain)) / self.span_of(chain)
+        return (left[-1] if left else self.chain_start(counts, chain)) / self.span_of(chain)
 
     def mean_share(self, counts: dict[str, tuple[N, N]]) -> N | float:
         """`tokens.mean`: the share entering each layer of the budget stack, averaged."""
         shares = [self.share_after(counts, self.chain, layer - 1) for layer in range(self.layers)]
         return sum(shares) / max(self.layers, 1)
+
+
+def _feeds(block_map: BlockMap) -> dict[str, str]:
+    """`{decoder chain: vision chain}` when the vision encoder's reducible span is as long as
+    the decoder's visual span (a 1:1 projector), else `{}`."""
+    vision, decoder = block_map.stack("vision"), block_map.stack("decoder")
+    lengths = {role: end - start for role, (start, end) in block_map.spans.items()}
+    if vision is None or decoder is None or "vision" not in lengths or lengths["vision"] != lengths.get("decoder"):
+        return {}
+    return {decoder.prefix: vision.prefix}
 
 
 class Constraints:

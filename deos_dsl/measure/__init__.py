@@ -1,0 +1,22 @@
+"""deos_dsl.measure: what an emitted graph really saves, measured against the dense model.
+
+>>> searched = load_searched(Path("runs/s25"))          # a finished `deos search` directory
+>>> comparison = compare(searched.dense, searched.emitted.module, fixed_eval_batch())
+>>> comparison.ideal_speedup, comparison.speedup(32), comparison.efficiency(32)
+
+One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `latency`
+(interleaved median wall-clock times), `compare` (accuracy, FLOPs, latency, speedups),
+`render` (rich and markdown tables), `searched` (a search directory compiled, evaluation files).
+`deos evaluate DIR` runs them on a search directory.
+"""
+
+from .compare import Comparison, Measured, compare
+from .flops import counted_flops
+from .latency import median_latencies
+from .render import comparison_markdown, comparison_table
+from .searched import Searched, load_searched, write_evaluation
+
+__all__ = [
+    "Comparison", "Measured", "Searched", "compare", "comparison_markdown", "comparison_table", "counted_flops",
+    "load_searched", "median_latencies", "write_evaluation",
+]

@@ -1,0 +1,59 @@
+"""The operator pattern of an emitted schedule: which regime each active site runs, per layer.
+
+A site's regime is named by its DESIGN 1.1 corner (`prune`, `merge`, `pool`, `reweight`), or
+`mix` when it sits between them: a soft transfer `0 < gamma < 1` (or a corner-free tau /
+rho combination). A schedule is a HYBRID when some active site redistributes softly
+(`0 < gamma < 1`), the regime no hand-designed method uses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from deos_dsl.compiler.hard_site import SitePlan
+from deos_dsl.search.discretise import corner_name
+
+_SHORT = ((r"^decoder\.layers\.(\d+)", r"D\1"), (r"^vision\.layers\.(\d+)", r"V\1"), (r"^projector", "P"))
+
+
+def short_site(name: str) -> str:
+    """`decoder.layers.2@0` -> `D2`, `vision.layers.1@0` -> `V1`, `projector@0` -> `P`."""
+    base = name.split("@")[0]
+    for pattern, replacement in _SHORT:
+        base = re.sub(pattern, replacement, base)
+    return base
+
+
+def regime_name(plan: SitePlan) -> str:
+    """The corner of `plan`'s regime, `mix` off the corners."""
+    corner = corner_name({"gamma": plan.gamma, "tau": plan.tau, "rho": plan.rho})
+    return "mix" if corner == "unified" else corner
+
+
+def soft_transfer(plan: SitePlan) -> bool:
+    return plan.active and 0.0 < plan.gamma < 1.0
+
+
+def site_pattern(plan: SitePlan) -> dict[str, Any]:
+    """JSON-ready decision of one site: short name, regime, tokens entering / kept / leaving, gamma, tau."""
+    return {"site": short_site(plan.name), "active": plan.active, "regime": regime_name(plan) if plan.active else "off",
+            "entering": plan.entering, "keep": plan.keep, "leaving": plan.leaving, "gamma": plan.gamma,
+            "tau": "inf" if math.isinf(plan.tau) else plan.tau, "rho": plan.rho}
+
+
+def pattern_text(sites: list[dict[str, Any]]) -> str:
+    """One line for a table: `P merge 36/144 · D1 mix(g=0.58) 18/36`; `-` when no site is active."""
+    parts = []
+    for site in sites:
+        if not site["active"]:
+            continue
+        regime = f"mix(g={site['gamma']:.2f})" if site["regime"] == "mix" else site["regime"]
+        parts.append(f"{site['site']} {regime} {site['leaving']}/{site['entering']}")
+    return " · ".join(parts) or "-"
+
+
+def is_hybrid(plans: dict[str, SitePlan]) -> bool:
+    """Some active site redistributes softly (`0 < gamma < 1`)."""
+    return any(soft_transfer(plan) for plan in plans.values())
