@@ -332,9 +332,9 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     bad = [b for b in args.budgets if not 0 < b < 100]
     if bad:
-        err.print(f"deos: error: --budgets takes percents strictly between 0 and 100, got {bad[0]:g}",
-                  highlight=False, markup=False)
-        return EXIT_USAGE
+        return _usage(f"--budgets takes percents strictly between 0 and 100, got {bad[0]:g}", err)
+    if args.examples < 1 or args.batch < 1 or (args.steps is not None and args.steps < 1):
+        return _usage("--examples, --batch and --steps must be positive", err)
     spaces: list[ir.Space] = []
     for file in args.files:
         checked = _checked_spaces(file, err)
