@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rich.console import Console
 
 from deos_dsl import __version__
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import check, format_text
 from deos_dsl.frontend.diagnostics import DeosError
@@ -66,7 +66,7 @@ def cmd_fmt(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(f"would reformat {file}", highlight=False)
             status = max(status, EXIT_DIAGNOSTICS)
         else:
-            write_atomically(path, lambda temp: temp.write_text(formatted, encoding="utf-8"))
+            write_text_atomically(path, formatted)
             out.print(f"reformatted {file}", highlight=False)
     return status
 

@@ -23,3 +23,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` (UTF-8), atomically (`write_atomically`)."""
+    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"))

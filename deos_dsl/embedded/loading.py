@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_atomically, write_text_atomically
 
 from .model import EmbeddedVQAModel, ModelConfig
 
@@ -31,8 +31,7 @@ def save_weights(model: EmbeddedVQAModel, path: Path) -> None:
 
 def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     """Write ``metadata`` (must include ``"config"``) to the JSON file beside ``path``."""
-    text = json.dumps(metadata, indent=2) + "\n"
-    write_atomically(path.with_suffix(".json"), lambda temp: temp.write_text(text))
+    write_text_atomically(path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
 
 
 def load_metadata(path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the tokens. `write_evaluation` writes `evaluation.json` and `evaluation.md` besi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from torch import nn
 
 from deos_dsl.compiler.emit import Emitted, compile_emitted
 from deos_dsl.compiler.models import resolve_model
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_text_atomically
 from deos_dsl.search.data import check_model, parse_data
-from deos_dsl.search.result import Run, read_run, read_schedule
+from deos_dsl.search.result import Run, read_run, read_schedule, write_json
 
 from .compare import Comparison
 from .render import comparison_markdown
@@ -68,11 +67,7 @@ def evaluation_json(searched: Searched, comparison: Comparison) -> dict[str, Any
 
 def write_evaluation(searched: Searched, comparison: Comparison) -> list[Path]:
     """Write `evaluation.json` and `evaluation.md` into the search directory, atomically."""
-    text = {EVALUATION_JSON: json.dumps(evaluation_json(searched, comparison), indent=2) + "\n",
-            EVALUATION_MD: comparison_markdown(comparison, searched.title)}
-    paths = []
-    for name, content in text.items():
-        path = searched.directory / name
-        write_atomically(path, lambda temp, content=content: temp.write_text(content, encoding="utf-8"))
-        paths.append(path)
+    paths = [searched.directory / EVALUATION_JSON, searched.directory / EVALUATION_MD]
+    write_json(paths[0], evaluation_json(searched, comparison))
+    write_text_atomically(paths[1], comparison_markdown(comparison, searched.title))
     return paths

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_text_atomically
 
 LOG = "search.jsonl"
 
@@ -55,7 +55,7 @@ class JsonLog:
         self.path = out / LOG
         kept = [r for r in read_log(out) if r["step"] < keep_until]
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        write_atomically(self.path, lambda temp: temp.write_text(text, encoding="utf-8"))
+        write_text_atomically(self.path, text)
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from deos_dsl.compiler.emit import Emitted, compile_emitted, write_artifacts
 from deos_dsl.compiler.models import resolve_model
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_atomically, write_text_atomically
 from deos_dsl.frontend import ir
 
 from .errors import SearchError
@@ -56,9 +56,9 @@ class Run:
                 if getattr(self, name) != getattr(other, name)]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(finite_json(data), indent=2) + "\n"
-    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` by `data` as indented JSON (non-finite numbers as strings), atomically."""
+    write_text_atomically(path, json.dumps(finite_json(data), indent=2) + "\n")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def write_run(out: Path, run: Run) -> None:
-    _write_json(out / RUN, run.to_json())
+    write_json(out / RUN, run.to_json())
 
 
 def read_run(out: Path) -> Run:
@@ -94,7 +94,7 @@ def write_result(out: Path, modules: dict[str, dict[str, torch.Tensor]], schedul
     """Write `result.pt` (module states) and `schedule.json` (the schedule plus fixed settings)."""
     write_atomically(out / RESULT, lambda temp: torch.save({"modules": modules}, temp))
     full = dict(schedule, settings={name: s.structure() for name, s in settings.items()})  # no source spans
-    _write_json(out / SCHEDULE, full)
+    write_json(out / SCHEDULE, full)
 
 
 def read_schedule(out: Path) -> tuple[dict[str, Any], dict[str, ir.SiteSettings]]:

@@ -6,16 +6,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from deos_dsl.files import write_atomically
+from deos_dsl.files import write_atomically, write_text_atomically
 from deos_dsl.frontend import ir
-from deos_dsl.search.log import finite_json
+from deos_dsl.search.result import write_json
 
 from .errors import StudyError
 from .fit import is_baseline
@@ -55,10 +54,8 @@ def run_study(plan: StudyPlan, console: Console, command: str) -> tuple[list[Ent
 
     def save(entries: list[Entry]) -> None:
         meta["seconds"] = round(time.perf_counter() - started, 1)
-        text = json.dumps(finite_json(results_json(entries, meta)), indent=2) + "\n"
-        write_atomically(plan.out / RESULTS, lambda temp: temp.write_text(text, encoding="utf-8"))
-        markdown = table_markdown(entries, meta)
-        write_atomically(plan.out / TABLE, lambda temp: temp.write_text(markdown, encoding="utf-8"))
+        write_json(plan.out / RESULTS, results_json(entries, meta))
+        write_text_atomically(plan.out / TABLE, table_markdown(entries, meta))
 
     entries = Study(plan, console).run(save)
     save(entries)

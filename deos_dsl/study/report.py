@@ -112,7 +112,7 @@ def accuracy_matrix(entries: list[Entry]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(cell.get((method, b), "-") for b in budgets) + " |")
     dense = next((e for e in entries if e.kind == DENSE and e.accuracy), None)
     if dense is not None:
-        lines.append(f"| dense (100%) | " + " | ".join(_number(dense.accuracy["overall"]) for _ in budgets) + " |")  # type: ignore[index]
+        lines.append("| dense (100%) | " + " | ".join(_number(dense.accuracy["overall"]) for _ in budgets) + " |")  # type: ignore[index]
     return lines
 
 
