@@ -10,13 +10,13 @@ One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `laten
 `deos evaluate DIR` runs them on a search directory.
 """
 
-from .compare import Comparison, Measured, compare
+from .compare import Comparison, Measured, accuracy_and_flops, compare
 from .flops import counted_flops
 from .latency import median_latencies
 from .render import comparison_markdown, comparison_table
 from .searched import Searched, load_searched, write_evaluation
 
 __all__ = [
-    "Comparison", "Measured", "Searched", "compare", "comparison_markdown", "comparison_table", "counted_flops",
+    "Comparison", "Measured", "Searched", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
     "load_searched", "median_latencies", "write_evaluation",
 ]

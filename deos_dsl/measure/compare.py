@@ -88,6 +88,13 @@ def _first(batch: Batch, size: int, device: torch.device) -> tuple[torch.Tensor,
     return batch.pixels[:size].to(device), batch.question[:size].to(device)
 
 
+def accuracy_and_flops(model: Model, batch: Batch, device: torch.device) -> tuple[dict[str, float], int]:
+    """Accuracy (%) per family and overall of `model` on `batch`, and its counted FLOPs for one
+    example (the batch's first)."""
+    accuracy = accuracy_per_family(predictions(model, batch, device), batch)
+    return accuracy, counted_flops(model, _first(batch, 1, device))
+
+
 def compare(dense: Model, emitted: Model, batch: Batch, *, batch_sizes: tuple[int, ...] = (1, 32),
             repeats: int = 20, warmup: int = 3, device: torch.device | str = "cpu",
             stage: Callable[[str], object] = lambda _: None) -> Comparison:
@@ -97,11 +104,10 @@ def compare(dense: Model, emitted: Model, batch: Batch, *, batch_sizes: tuple[in
     if len(batch.answer) < max(batch_sizes):
         raise ValueError(f"timing at batch size {max(batch_sizes)} needs as many examples, got {len(batch.answer)}")
     models = dict(zip(MODELS, (dense, emitted)))
-    accuracy = {}
+    accuracy, flops = {}, {}
     for name, model in models.items():
-        stage(f"accuracy of the {name} model on {len(batch.answer)} examples")
-        accuracy[name] = accuracy_per_family(predictions(model, batch, device), batch)
-    flops = {name: counted_flops(model, _first(batch, 1, device)) for name, model in models.items()}
+        stage(f"accuracy and FLOPs of the {name} model on {len(batch.answer)} examples")
+        accuracy[name], flops[name] = accuracy_and_flops(model, batch, device)
     latency: dict[str, dict[int, float]] = {name: {} for name in MODELS}
     for size in batch_sizes:
         stage(f"timing at batch size {size} ({repeats} interleaved rounds)")

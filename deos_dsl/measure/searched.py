@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from deos_dsl.compiler.emit import Emitted, compile_emitted
-from deos_dsl.compiler.models import resolve_model
+from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.files import write_text_atomically
 from deos_dsl.search.data import check_model, parse_data
 from deos_dsl.search.result import Run, read_run, read_schedule, write_json
@@ -48,12 +48,14 @@ def tokens_mean(schedule: dict[str, Any]) -> float | None:
     return float(values[0]) if values else None
 
 
-def load_searched(directory: Path) -> Searched:
-    """Load and compile the search in `directory` (module docstring); raises `SearchError`,
-    `DeosCompileError` or `DeosError`."""
+def load_searched(directory: Path, loaded: LoadedModel | None = None) -> Searched:
+    """Load and compile the search in `directory` (module docstring) on `loaded` when that is
+    the search's model (a caller that holds it saves a reload), else on the model the run names;
+    raises `SearchError`, `DeosCompileError` or `DeosError`."""
     run = read_run(directory)
     schedule, settings = read_schedule(directory)
-    loaded = resolve_model(run.model)
+    if loaded is None or loaded.name != run.model:
+        loaded = resolve_model(run.model)
     check_model(parse_data(run.data), loaded)
     emitted = compile_emitted(run.space, loaded, settings)
     return Searched(directory, run, tokens_mean(schedule), loaded.model, emitted)

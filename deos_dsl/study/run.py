@@ -27,14 +27,12 @@ from torch import nn
 from deos_dsl.compiler import DeosCompileError
 from deos_dsl.compiler.emit import Emitted, compile_emitted
 from deos_dsl.compiler.models import LoadedModel, resolve_model
-from deos_dsl.embedded.evaluate import accuracy_per_family
 from deos_dsl.embedded.vqa import Batch, fixed_eval_batch
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.diagnostics import DeosError
-from deos_dsl.measure import counted_flops, load_searched
+from deos_dsl.measure import accuracy_and_flops, load_searched
 from deos_dsl.search.loop import Options, search
 from deos_dsl.search.result import SCHEDULE, read_run
-from deos_dsl.search.validate import predictions
 
 from .errors import StudyError
 from .fit import fit_baseline
@@ -138,7 +136,7 @@ class Study:
         started = time.perf_counter()
         try:
             steps = self._search(space, out)
-            searched = load_searched(out)
+            searched = load_searched(out, self.loaded)
         except StudyError:
             raise
         except (DeosCompileError, DeosError) as error:
@@ -184,9 +182,8 @@ class Study:
         """Fill `entry` with accuracy, counted GFLOPs and (for an emitted graph) its pattern."""
         started = time.perf_counter()
         with self.console.status(f"measuring {entry.method}"):
-            answers = predictions(module, self.batch, torch.device("cpu"))
-            entry.accuracy = accuracy_per_family(answers, self.batch)
-            entry.gflops = counted_flops(module, (self.batch.pixels[:1], self.batch.question[:1])) / 1e9
+            entry.accuracy, flops = accuracy_and_flops(module, self.batch, torch.device("cpu"))
+            entry.gflops = flops / 1e9
         if emitted is not None:
             entry.sites = [site_pattern(plan) for plan in emitted.plans.values()]
             entry.hybrid = is_hybrid(emitted.plans)
