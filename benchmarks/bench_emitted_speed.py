@@ -29,13 +29,9 @@ from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.measure import Comparison, Searched, compare, load_searched
 from deos_dsl.measure.render import markdown_table
 from deos_dsl.search.ddp import pick_device
+from deos_dsl.study.run import search_dirs
 
 STUDY = Path(__file__).resolve().parents[1] / "docs" / "study"
-
-
-def budget_of(directory: Path) -> float:
-    """The budget (percent) of a study search directory `budget-B/search`."""
-    return float(directory.parent.name.removeprefix("budget-"))
 
 
 def row(searched: Searched, comparison: Comparison) -> tuple[str, ...]:
@@ -54,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    directories = args.directories or sorted(STUDY.glob("budget-*/search"), key=budget_of, reverse=True)
+    directories = args.directories or search_dirs(STUDY)
     if not directories:
         sys.exit(f"no search directories: {STUDY}/budget-*/search does not exist yet; "
                  "run `deos study` first, or pass the --out directories of finished searches")

@@ -99,7 +99,13 @@ def failure_reason(error: DeosCompileError | DeosError) -> str:
 
 
 def search_dir(out: Path, budget: float) -> Path:
+    """`OUT/budget-B/search`: where the study searches at `budget` (a share; B in percent)."""
     return out / f"budget-{budget * 100:g}" / "search"
+
+
+def search_dirs(out: Path) -> list[Path]:
+    """The study's search directories under `out` (`search_dir`), largest budget first."""
+    return sorted(out.glob("budget-*/search"), key=lambda d: float(d.parent.name.removeprefix("budget-")), reverse=True)
 
 
 class Study:
