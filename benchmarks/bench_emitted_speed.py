@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.embedded.vqa import fixed_eval_batch
-from deos_dsl.frontend.diagnostics import DeosError
+from deos_dsl.errors import DeosError
 from deos_dsl.measure import Comparison, Searched, compare, load_searched
 from deos_dsl.measure.render import markdown_table
 from deos_dsl.search.ddp import pick_device
@@ -63,7 +62,7 @@ def main() -> None:
             comparison = compare(searched.dense.to(device), searched.emitted.module.to(device), batch,
                                  batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, device=device)
             rows.append(row(searched, comparison))
-    except (DeosCompileError, DeosError) as error:
+    except DeosError as error:
         sys.exit(f"error: {error}")
     print(f"device {device}, {torch.get_num_threads()} thread(s), median of {args.repeats} interleaved rounds, "
           f"first B test examples")

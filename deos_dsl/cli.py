@@ -1,8 +1,13 @@
-"""The `deos` command line: one small function per subcommand, registered in `COMMANDS`.
+"""The `deos` command line: one row of `COMMANDS` per subcommand (name, help, its arguments,
+the function that runs it).
 
 Exit codes: 0 ok, 1 diagnostics (or files that `fmt --check` would change), 2 usage error,
-70 internal error (a bug: one line on stderr, the traceback only with DEOS_DEBUG=1).
-To add a subcommand, write `cmd_x(args, out, err) -> int` and an `add_x(subparsers)`.
+70 internal error (a bug: one line on stderr, the traceback only with DEOS_DEBUG=1). Every
+`DeosError` a command raises is reported in one place, `report_error`: a `.deos` file's
+positioned diagnostics, else `deos: error: MESSAGE` and its hint. To add a subcommand, write
+`cmd_x(args, out, err) -> int` and `x_arguments(parser)` and add a row to `COMMANDS`. The
+model commands import the compiler (and torch) when they run, so that `check`, `fmt`, `show`
+and `schema` start without it.
 """
 
 from __future__ import annotations
@@ -12,26 +17,23 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 
 from deos_dsl import __version__
+from deos_dsl.errors import DeosError, SpaceError
 from deos_dsl.files import write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import check, format_text
-from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.frontend.loader import read_source
 from deos_dsl.frontend.render import render_diagnostics, space_tree
 
-if TYPE_CHECKING:  # the compiler imports torch: the CLI loads it only for compile / emit / search / cost / evaluate
-    from deos_dsl.compiler.emit import Emitted
-    from deos_dsl.compiler.errors import DeosCompileError
-
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
-Command = Callable[[argparse.Namespace, Console, Console], int]
+Run = Callable[[argparse.Namespace, Console, Console], int]
 
 
 def _report(diagnostics: list, err: Console) -> int:
@@ -57,7 +59,7 @@ def cmd_fmt(args: argparse.Namespace, out: Console, err: Console) -> int:
         try:
             text = read_source(path)
             formatted = format_text(text, file)
-        except DeosError as error:
+        except SpaceError as error:
             status = max(status, _report(error.diagnostics, err))
             continue
         if formatted == text:
@@ -89,9 +91,9 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _compile_failure(error: DeosCompileError | DeosError, err: Console) -> int:
-    """Report a failed compile: a `DeosError`'s diagnostics, or a model error's message and hint."""
-    if isinstance(error, DeosError):
+def report_error(error: DeosError, err: Console) -> int:
+    """Report a user's error: a `.deos` file's diagnostics, or the message and its hint."""
+    if error.diagnostics:
         return _report(error.diagnostics, err)
     err.print(f"deos: error: {error.message}", highlight=False, markup=False)
     if error.hint:
@@ -120,25 +122,22 @@ def _selected_spaces(args: argparse.Namespace, err: Console, *, exactly_one: boo
 
 
 def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError, build_block_map, resolve_model, trace
+    from deos_dsl.compiler import resolve_model
     from deos_dsl.compiler.render import block_table, sites_table
-    from deos_dsl.passes.bind_sites import bind_sites
+    from deos_dsl.pipeline import bind_model
 
     chosen = _selected_spaces(args, err, exactly_one=False)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    try:
-        loaded = resolve_model(args.model)
-        traced = trace(loaded.model, loaded.args, loaded.kwargs)
-        block_map = build_block_map(traced, loaded.roles, loaded.spans)
-        out.print(f"model {loaded.name}: {loaded.source}", highlight=False, markup=False)
-        out.print(f"tracer: {traced.tracer}" + "".join(f"\n  (failed first: {t}: {e})" for t, e in traced.failures)
-                  + f"\ndynamic dims: {traced.dynamic_dims or 'none'}", highlight=False, markup=False)
-        out.print(block_table(block_map))
-        for space in chosen:
-            out.print(sites_table(space.name, bind_sites(space, block_map)))
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
+    loaded = resolve_model(args.model)
+    bound = [bind_model(space, loaded) for space in chosen]  # each space on its own trace
+    traced = bound[0].traced
+    out.print(f"model {loaded.name}: {loaded.source}", highlight=False, markup=False)
+    out.print(f"tracer: {traced.tracer}" + "".join(f"\n  (failed first: {t}: {e})" for t, e in traced.failures)
+              + f"\ndynamic dims: {traced.dynamic_dims or 'none'}", highlight=False, markup=False)
+    out.print(block_table(bound[0].block_map))
+    for space, binding in zip(chosen, bound):
+        out.print(sites_table(space.name, binding.sites))
     return EXIT_OK
 
 
@@ -148,50 +147,39 @@ def _usage(message: str, err: Console) -> int:
 
 
 def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError, resolve_model
-    from deos_dsl.compiler.emit import compile_emitted, write_artifacts
+    from deos_dsl.compiler import resolve_model
+    from deos_dsl.pipeline import compile_emitted, write_artifacts
+    from deos_dsl.pipeline.render import emitted_lines
 
     if Path(args.space_file).is_dir():
         if args.model is not None or args.space is not None:
             return _usage("a search directory fixes its space and model: drop --model / --space", err)
-        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), out, err)
+        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), out)
     if args.model is None or args.out is None:
         return _usage("emitting a .deos file needs --model and --out", err)
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    try:
-        emitted = compile_emitted(chosen[0], resolve_model(args.model))
-        paths = write_artifacts(emitted, Path(args.out))
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
-    return _print_emitted(emitted, paths, out)
-
-
-def _emit_search(directory: Path, target: Path | None, out: Console, err: Console) -> int:
-    """`deos emit DIR`: compile the discrete schedule of the search in `directory`."""
-    from deos_dsl.compiler import DeosCompileError
-    from deos_dsl.search.result import emit_result
-
-    try:
-        emitted, paths = emit_result(directory, target)
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
-    return _print_emitted(emitted, paths, out)
-
-
-def _print_emitted(emitted: Emitted, paths: list[Path], out: Console) -> int:
-    for name, plan in emitted.plans.items():
-        n_in, n_out = emitted.lengths.get(name, ("-", "-"))
-        extra = f" + {plan.extra} extra" if plan.extra else ""
-        state = f"keeps {plan.keep}/{plan.entering} reducible{extra}, tokens {n_in} -> {n_out}" if plan.active else "off"
-        out.print(f"site {name}: {state}", highlight=False, markup=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
+    emitted = compile_emitted(chosen[0], resolve_model(args.model))
+    _print_lines(emitted_lines(emitted, write_artifacts(emitted, Path(args.out))), out)
     return EXIT_OK
 
 
+def _emit_search(directory: Path, target: Path | None, out: Console) -> int:
+    """`deos emit DIR`: compile the discrete schedule of the search in `directory`."""
+    from deos_dsl.pipeline.render import emitted_lines
+    from deos_dsl.search.result import emit_result
+
+    _print_lines(emitted_lines(*emit_result(directory, target)), out)
+    return EXIT_OK
+
+
+def _print_lines(lines: list[str], out: Console) -> None:
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+
+
 def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError
     from deos_dsl.search.loop import Options, search
     from deos_dsl.search.render import accuracy_line, constraint_lines, schedule_table
 
@@ -200,10 +188,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_DIAGNOSTICS
     options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
                       device=args.device, val_size=args.val)
-    try:
-        outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
+    outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
     out.print(schedule_table(outcome.schedule))
@@ -213,24 +198,22 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
     out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s; wrote {args.out}/ (schedule.json, "
               "result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)", highlight=False, markup=False)
-    return _emit_search(Path(args.out), None, out, err) if args.emit else EXIT_OK
+    return _emit_search(Path(args.out), None, out) if args.emit else EXIT_OK
 
 
 def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError, resolve_model
-    from deos_dsl.cost import Conventions, cost_space, load_schedule
+    from deos_dsl.compiler import resolve_model
+    from deos_dsl.cost import Conventions, load_schedule
     from deos_dsl.cost.report import cost_json, cost_tables
+    from deos_dsl.pipeline import cost_space
 
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    try:
-        conventions = Conventions(causal_halving=args.causal_halving, all_ops=args.all_ops)
-        cost, schedule = cost_space(chosen[0], resolve_model(args.model), conventions)
-        if args.schedule is not None:
-            schedule = load_schedule(Path(args.schedule), cost)
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
+    conventions = Conventions(causal_halving=args.causal_halving, all_ops=args.all_ops)
+    cost, schedule = cost_space(chosen[0], resolve_model(args.model), conventions)
+    if args.schedule is not None:
+        schedule = load_schedule(Path(args.schedule), cost)
     if args.json:
         out.print(json.dumps(cost_json(cost, schedule), indent=2), highlight=False, markup=False, soft_wrap=True)
     else:
@@ -242,7 +225,6 @@ EVALUATE_BATCH_SIZES = (1, 32)
 
 
 def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError
     from deos_dsl.embedded.vqa import fixed_eval_batch
     from deos_dsl.measure import compare, comparison_table, load_searched, write_evaluation
     from deos_dsl.search.ddp import pick_device
@@ -250,24 +232,19 @@ def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.examples < max(EVALUATE_BATCH_SIZES) or args.repeats < 1:
         return _usage(f"--examples must be at least {max(EVALUATE_BATCH_SIZES)} (the timing runs the first "
                       f"{max(EVALUATE_BATCH_SIZES)} at once) and --repeats positive", err)
-    try:
-        device = pick_device(args.device)
-        with err.status(f"compiling the searched schedule of {args.directory}") as status:
-            searched = load_searched(Path(args.directory))
-            comparison = compare(searched.dense.to(device), searched.emitted.module.to(device),
-                                 fixed_eval_batch("test", args.examples), batch_sizes=EVALUATE_BATCH_SIZES,
-                                 repeats=args.repeats, device=device, stage=status.update)
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
+    device = pick_device(args.device)
+    with err.status(f"compiling the searched schedule of {args.directory}") as status:
+        searched = load_searched(Path(args.directory))
+        comparison = compare(searched.dense.to(device), searched.emitted.module.to(device),
+                             fixed_eval_batch("test", args.examples), batch_sizes=EVALUATE_BATCH_SIZES,
+                             repeats=args.repeats, device=device, stage=status.update)
     paths = write_evaluation(searched, comparison)
     out.print(comparison_table(comparison, searched.title))
     out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
 
 
-def add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate_p = commands.add_parser("evaluate", help="a finished search's emitted graph against the dense model: "
-                                     "accuracy, counted FLOPs, latency")
+def evaluate_arguments(evaluate_p: argparse.ArgumentParser) -> None:
     evaluate_p.add_argument("directory", metavar="DIR", help="the --out directory of a finished `deos search`")
     evaluate_p.add_argument("--examples", type=int, default=1000, metavar="N",
                             help="test examples for the accuracy (default 1000; at least 32: the timing runs "
@@ -275,7 +252,6 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate_p.add_argument("--repeats", type=int, default=20, metavar="N",
                             help="interleaved timing rounds, medians reported (default 20)")
     evaluate_p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    evaluate_p.set_defaults(run=cmd_evaluate)
 
 
 MODEL_HELP = "embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory"
@@ -289,15 +265,13 @@ def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> Non
     parser.add_argument("--space", metavar="NAME", help=space_help)
 
 
-def add_cost(commands: argparse._SubParsersAction) -> None:
-    cost_p = commands.add_parser("cost", help="symbolic FLOPs of a space on a model: per block and site, dense vs reduced")
+def cost_arguments(cost_p: argparse.ArgumentParser) -> None:
     add_space_arguments(cost_p, "the space to cost (needed when the file has several)")
     cost_p.add_argument("--schedule", metavar="PLAN", help="a plan.json (from `deos emit`) to evaluate instead of the "
                         "space's own decisions")
     cost_p.add_argument("--json", action="store_true", help="JSON instead of tables")
     cost_p.add_argument("--causal-halving", action="store_true", help="count causal attention as L(L+1)/2 pairs")
     cost_p.add_argument("--all-ops", action="store_true", help="also count pointwise, softmax, norm and reduction ops")
-    cost_p.set_defaults(run=cmd_cost)
 
 
 def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -305,9 +279,7 @@ def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def add_search(commands: argparse._SubParsersAction) -> None:
-    search_p = commands.add_parser("search", help="search a space on a model: train its operator parameters, "
-                                   "then discretise under the budgets")
+def search_arguments(search_p: argparse.ArgumentParser) -> None:
     add_space_arguments(search_p, "the space to search (needed when the file has several)")
     search_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
@@ -318,14 +290,12 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     search_p.add_argument("--val", type=int, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
     search_p.add_argument("--emit", action="store_true", help="then emit the schedule into DIR/emitted")
-    search_p.set_defaults(run=cmd_search)
 
 
 DEFAULT_BUDGETS = (50.0, 33.0, 25.0, 22.0, 11.0, 3.0)
 
 
 def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.compiler import DeosCompileError
     from deos_dsl.search.loop import Options
     from deos_dsl.study import StudyPlan, run_study, study_spaces
     from deos_dsl.study.report import summary_table, target_lines
@@ -344,14 +314,11 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
     budgets = " ".join(f"{b:g}" for b in args.budgets)
     command = (f"deos study {' '.join(args.files)} --search {args.search} --model {args.model} --data {args.data} "
                f"--out {args.out} --budgets {budgets}" + (f" --steps {args.steps}" if args.steps else ""))
-    try:
-        search_space, baselines = study_spaces(spaces, args.search)
-        options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=0)
-        plan = StudyPlan(search_space, baselines, tuple(b / 100 for b in args.budgets), args.model, args.data,
-                         Path(args.out), options, args.examples)
-        entries, paths = run_study(plan, err, command)
-    except (DeosCompileError, DeosError) as error:
-        return _compile_failure(error, err)
+    search_space, baselines = study_spaces(spaces, args.search)
+    options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=0)
+    plan = StudyPlan(search_space, baselines, tuple(b / 100 for b in args.budgets), args.model, args.data,
+                     Path(args.out), options, args.examples)
+    entries, paths = run_study(plan, err, command)
     out.print(summary_table(entries))
     for line in target_lines(entries):
         out.print(line, highlight=False, markup=False)
@@ -359,9 +326,7 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def add_study(commands: argparse._SubParsersAction) -> None:
-    study_p = commands.add_parser("study", help="search a space and fit every baseline at several token budgets; "
-                                  "results table, Pareto plot and operator patterns")
+def study_arguments(study_p: argparse.ArgumentParser) -> None:
     study_p.add_argument("files", nargs="+", metavar="FILE", help=".deos files holding the search space and the baselines")
     study_p.add_argument("--search", required=True, metavar="NAME", help="the space to search at each budget")
     study_p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
@@ -373,39 +338,75 @@ def add_study(commands: argparse._SubParsersAction) -> None:
     study_p.add_argument("--batch", type=int, default=32, metavar="B", help="search batch size (default 32)")
     study_p.add_argument("--examples", type=int, default=1000, metavar="N", help="test examples measured (default 1000)")
     study_p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    study_p.set_defaults(run=cmd_study)
+
+
+def files_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE")
+
+
+def fmt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", action="store_true", help="only list files that would change (exit 1 if any)")
+    files_arguments(parser)
+
+
+def show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="JSON instead of a tree")
+
+
+def compile_arguments(parser: argparse.ArgumentParser) -> None:
+    add_space_arguments(parser, "compile only this space of the file (default: all)")
+
+
+def emit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("space_file", metavar="SPACE", help="a .deos file, or the --out directory of a `deos search`")
+    parser.add_argument("--model", metavar="MODEL", help=f"{MODEL_HELP} (a .deos file only: a search directory knows its model)")
+    parser.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
+    parser.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command without arguments."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, its one-line help, its arguments and what runs it."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Run
+
+
+COMMANDS = (
+    Command("check", "parse, resolve and validate files", files_arguments, cmd_check),
+    Command("fmt", "rewrite files in canonical form", fmt_arguments, cmd_fmt),
+    Command("show", "print the resolved spaces of a file", show_arguments, cmd_show),
+    Command("compile", "trace a model, map its blocks and bind a space's sites", compile_arguments, cmd_compile),
+    Command("emit", "emit a space's (or a search's) reduced model: model.pt2, model.py, plan.json", emit_arguments,
+            cmd_emit),
+    Command("search", "search a space on a model: train its operator parameters, then discretise under the budgets",
+            search_arguments, cmd_search),
+    Command("cost", "symbolic FLOPs of a space on a model: per block and site, dense vs reduced", cost_arguments,
+            cmd_cost),
+    Command("evaluate", "a finished search's emitted graph against the dense model: accuracy, counted FLOPs, latency",
+            evaluate_arguments, cmd_evaluate),
+    Command("study", "search a space and fit every baseline at several token budgets; results table, Pareto plot "
+            "and operator patterns", study_arguments, cmd_study),
+    Command("schema", "print the JSON schema of the IR", no_arguments, cmd_schema),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deos", description="Token-reduction search spaces: check, format, show.")
+    parser = argparse.ArgumentParser(prog="deos", description="Token-reduction search spaces as a language: check and "
+                                     "format them, compile them onto a model, cost, search, emit and evaluate them.")
     parser.add_argument("--version", action="version", version=f"deos {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check_p = commands.add_parser("check", help="parse, resolve and validate files")
-    check_p.add_argument("files", nargs="+", metavar="FILE")
-    check_p.set_defaults(run=cmd_check)
-    fmt_p = commands.add_parser("fmt", help="rewrite files in canonical form")
-    fmt_p.add_argument("--check", action="store_true", help="only list files that would change (exit 1 if any)")
-    fmt_p.add_argument("files", nargs="+", metavar="FILE")
-    fmt_p.set_defaults(run=cmd_fmt)
-    show_p = commands.add_parser("show", help="print the resolved spaces of a file")
-    show_p.add_argument("file", metavar="FILE")
-    show_p.add_argument("--json", action="store_true", help="JSON instead of a tree")
-    show_p.set_defaults(run=cmd_show)
-    compile_p = commands.add_parser("compile", help="trace a model, map its blocks and bind a space's sites")
-    add_space_arguments(compile_p, "compile only this space of the file (default: all)")
-    compile_p.set_defaults(run=cmd_compile)
-    emit_p = commands.add_parser("emit", help="emit a space's (or a search's) reduced model: model.pt2, model.py, plan.json")
-    emit_p.add_argument("space_file", metavar="SPACE", help="a .deos file, or the --out directory of a `deos search`")
-    emit_p.add_argument("--model", metavar="MODEL", help=f"{MODEL_HELP} (a .deos file only: a search directory knows its model)")
-    emit_p.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
-    emit_p.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
-    emit_p.set_defaults(run=cmd_emit)
-    add_search(commands)
-    add_cost(commands)
-    add_evaluate(commands)
-    add_study(commands)
-    schema_p = commands.add_parser("schema", help="print the JSON schema of the IR")
-    schema_p.set_defaults(run=cmd_schema)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
     return parser
 
 
@@ -419,6 +420,8 @@ def main(argv: Sequence[str] | None = None, out: Console | None = None, err: Con
         return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         return args.run(args, out, err)
+    except DeosError as error:
+        return report_error(error, err)
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001  (any escape here is a bug, reported as such)

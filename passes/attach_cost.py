@@ -7,8 +7,9 @@ walks the graph: the symbolic shape of every node (token counts in the cost symb
 site's tokens replaced by its symbol downstream) and its FLOPs from the registry
 (`deos_dsl.cost.formulas`). Aggregation is by `nn_module_stack`: every node belongs to its
 block (or `outside`), a site's score nodes and its operator to the site. Dead nodes (that
-cleanup, pass 5, removes from every emitted graph: e.g. most of the last vision layer of HF
-LLaVA, which reads layer -2) get their formula but are not counted: `Cost.dead` sums them.
+cleanup, pass 5, removes from every emitted graph, `live_nodes`: e.g. what HF LLaVA's vision
+tower computes after the layer it reads, when the release does not return it) get their
+formula but are not counted: `Cost.dead` sums them.
 
 Shape (torch.fx `PassBase`): `requires` checks the block map and the sites belong to the graph
 and every site has its scores; `call` writes `meta['deos_flops']` (`kind -> sympy expression`,
@@ -25,31 +26,15 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import META_SCORE, BoundSite, SiteScores, live_nodes
 from deos_dsl.cost.formulas import Conventions
 from deos_dsl.cost.model import Cost, GroupCost, SiteCost
 from deos_dsl.cost.propagate import Costs, add_costs
 from deos_dsl.cost.tokens import TokenPropagation
 
-from .bind_sites import BoundSite
-from .cleanup import is_impure
-from .insert_scores import META_SCORE, SiteScores
-
 META_COST = "deos_flops"
 OUTSIDE = "outside"
 CALLS = ("call_function", "call_method", "call_module")
-
-
-def live_nodes(graph_module: fx.GraphModule) -> set[fx.Node]:
-    """The nodes that cleanup (pass 5) keeps: those an output, an impure node (`is_impure`) or
-    a site score depends on; the others are dead code, never counted."""
-    live: set[fx.Node] = set()
-    todo = [node for node in graph_module.graph.nodes if is_impure(node) or META_SCORE in node.meta]
-    while todo:
-        node = todo.pop()
-        if node not in live:
-            live.add(node)
-            todo += node.all_input_nodes
-    return live
 
 
 class AttachCost(PassBase):

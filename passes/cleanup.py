@@ -1,9 +1,9 @@
 """Pass 5: remove dead code, with an EXPLICIT impurity rule (DESIGN 3: never plain DCE).
 
-Impure (always kept, even without users): what torch.fx calls impure (placeholders, outputs,
-side-effecting ops), every runtime assertion (`aten._assert_*`: export's shape and value
-checks), and every `call_module` (export's `_guards_fn` input checks; a module may have side
-effects that the graph cannot see). Everything else without users is removed, e.g. the
+Impure (always kept, even without users; `deos_dsl.compiler.sites.is_impure`): what torch.fx
+calls impure (placeholders, outputs, side-effecting ops), every runtime assertion
+(`aten._assert_*`: export's shape and value checks), and every `call_module` (export's
+`_guards_fn` input checks; a module may have side effects that the graph cannot see). Everything else without users is removed, e.g. the
 unused outputs of a hard site and length reads superseded by a later site.
 
 Shape (torch.fx `PassBase`): `requires` lints; `call` runs `eliminate_dead_code` with the
@@ -16,10 +16,7 @@ from __future__ import annotations
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-
-def is_impure(node: fx.Node) -> bool:
-    """The impurity rule of the module docstring."""
-    return node.is_impure() or node.op == "call_module" or str(node.target).startswith("aten._assert")
+from deos_dsl.compiler.sites import is_impure
 
 
 class Cleanup(PassBase):

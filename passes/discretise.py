@@ -7,7 +7,7 @@ every later use of the stream reads the reduced one. Then everything downstream 
 to the shorter sequence (the KNOWN TRAP of DESIGN 3), wherever the tokens go: the site's TOKEN
 FLOW (`deos_dsl.compiler.token_flow`, found on the original graph before any edit) follows them
 out of the site's stack through glue (slices such as dropping CLS, the projector, embedding adds,
-`cat` with the text) into later stacks, and `passes/rebind.py` edits:
+`cat` with the text) into later stacks, and `deos_dsl.compiler.rebind` edits:
 - every LENGTH READ (the `sym_size(input, 1)` a reached block reads) is re-pointed at
   `sym_size(its reduced entry stream, 1)`;
 - every SIDE TENSOR, of a reached block (RoPE cos/sin, position ids: `gather_tokens`;
@@ -55,22 +55,16 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import Block, BlockMap
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.hard_site import HardSite, SitePlan, plan_site
+from deos_dsl.compiler.rebind import META_REBIND, Rebind
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, bias_attention
 from deos_dsl.compiler.token_flow import TokenFlow, token_flow
 from deos_dsl.compiler.trace import SYMBOLIC, first_line
-from deos_dsl.frontend import ir
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.ops import gather_tokens
 
-from .bind_sites import BoundSite
-from .insert_relaxed import PREFIX as RELAXED_PREFIX
-from .insert_relaxed import site_module
-from .insert_scores import SiteScores, bias_attention
-from .rebind import META_REBIND, Rebind
-
-PREFIX = "deos_hard_"
 OUTPUTS = ("x", "kept_idx", "sizes", "bias")
 Span = tuple[int, int]
 
@@ -122,7 +116,7 @@ class Discretise(PassBase):
     def requires(self, graph_module: fx.GraphModule) -> None:
         if {site.name for site in self.sites} - set(self.plans) or {site.name for site in self._active()} - set(self.flows):
             raise ValueError("discretise: a bound site has no plan, or an active one no token flow")
-        if any(name.startswith((RELAXED_PREFIX, PREFIX)) for name, _ in graph_module.named_children()):
+        if any(name.startswith((RELAXED_PREFIX, HARD_PREFIX)) for name, _ in graph_module.named_children()):
             raise ValueError("discretise: the graph already has relaxed or hard sites (run it on the scored graph)")
         traced, active = self.block_map.traced, self._active()
         if active and traced.tracer != SYMBOLIC and not traced.dynamic_dims:
@@ -198,7 +192,7 @@ class Discretise(PassBase):
         if positions is not None and positions.shape[0] != plan.entering:
             raise DeosCompileError(f"site `{site.name}`: a spatial operator needs the full grid, "
                                    f"but an earlier site left {plan.entering} tokens", "put spatial sites first")
-        gm.add_submodule(f"{PREFIX}{index}", HardSite(plan, positions))
+        gm.add_submodule(f"{HARD_PREFIX}{index}", HardSite(plan, positions))
         score, features = inserted.score, inserted.features
         if score is None:
             raise DeosCompileError(f"site `{site.name}`: a learned scorer cannot be emitted yet",
@@ -216,20 +210,17 @@ class Discretise(PassBase):
         if earlier and on_stream and features is not None:
             score.update_kwarg("features", features)
         # the previous site's re-bound length reads stay on ITS output (they are then dead: cleanup)
-        outputs = call_on_stream(anchor, f"{PREFIX}{index}", (stream, score, features, sizes), OUTPUTS,
+        outputs = call_on_stream(anchor, f"{HARD_PREFIX}{index}", (stream, score, features, sizes), OUTPUTS,
                                  score, site.node, keep=lambda user: META_REBIND in user.meta)
         self.outputs[site.name] = outputs
         earlier.append((plan, outputs["kept_idx"]))
         return outputs
 
 
-def discretise(space: ir.Space, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores],
-               modules: dict[str, SiteModule] | None = None) -> tuple[dict[str, SitePlan], dict[str, fx.Node]]:
-    """Plan every site from its module (`modules`, e.g. after a search; default: fresh modules
-    initialised from the space), run `Discretise`; returns the plans and each active site's
-    hard-site call node."""
-    if modules is None:
-        modules = {site.name: site_module(space, site, scores[site.name]) for site in sites}
+def discretise(block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores],
+               modules: dict[str, SiteModule]) -> tuple[dict[str, SitePlan], dict[str, fx.Node]]:
+    """Plan every site from its module (`modules`: initialised from the space, or a search's
+    result), run `Discretise`; returns the plans and each active site's hard-site call node."""
     plans, flows = plan_sites(block_map, sites, scores, modules)
     passed = Discretise(block_map, sites, scores, plans, modules, flows)
     passed(block_map.graph_module)

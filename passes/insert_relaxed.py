@@ -1,7 +1,7 @@
 """Pass 3: insert a trainable relaxed site module after every bound site's stream node.
 
-For each site, in graph order: a `SiteModule` (`deos_dsl.compiler.site_module`) is added as
-submodule `deos_site_<i>` and called on the site's stream, its score and features (pass 2)
+For each site, in graph order: its `SiteModule` (`deos_dsl.compiler.site_module`, made by
+`deos_dsl.compiler.sites.site_module`) is added as submodule `deos_site_<i>` and called on the site's stream, its score and features (pass 2)
 and the soft keep mask / sizes carried in from the previous site upstream; every other use of
 the stream reads the site's output `y` instead (`replace_all_uses_with` with a
 `delete_user_cb`, no self-loop). Carrying: within a block stack, site to site; from a
@@ -28,39 +28,30 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import Block, BlockMap
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.masking import place_tokens
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.site_transfer import extra_tokens, fuse_refusal
+from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores, bias_attention
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
-from .bind_sites import BoundSite
-from .insert_scores import SiteScores, bias_attention
-
-PREFIX = "deos_site_"
 OUTPUTS = ("x", "mask", "sizes", "bias")
 
 
-def site_module(space: ir.Space, site: BoundSite, scores: SiteScores, settings: ir.SiteSettings | None = None) -> SiteModule:
-    """A fresh `SiteModule` for `site`, initialised from the space's IR, or from `settings`
-    in its place (e.g. the fixed settings of a discretised search result)."""
-    return SiteModule(site.name, settings or space.sites[site.site_index], scores.span, int(site.node.meta["val"].shape[-1]))
-
-
 class InsertRelaxed(PassBase):
-    """Insert the site modules; `self.modules[site.name]` and `self.calls[site.name]` hold them."""
+    """Insert the site modules `modules[site.name]`; `self.calls[site.name]` are their call nodes."""
 
-    def __init__(self, space: ir.Space, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores]) -> None:
-        self.space, self.block_map, self.sites, self.scores = space, block_map, sites, scores
-        self.modules: dict[str, SiteModule] = {}
+    def __init__(self, space: ir.Space, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores],
+                 modules: dict[str, SiteModule]) -> None:
+        self.space, self.block_map, self.sites, self.scores, self.modules = space, block_map, sites, scores, modules
         self.calls: dict[str, fx.Node] = {}
         self._outputs: dict[str, dict[str, fx.Node]] = {}
 
     def requires(self, graph_module: fx.GraphModule) -> None:
-        if {site.name for site in self.sites} != set(self.scores):
-            raise ValueError("insert_relaxed: the scores were inserted for other sites")
-        if any(name.startswith(PREFIX) for name, _ in graph_module.named_children()):
+        if not {site.name for site in self.sites} == set(self.scores) == set(self.modules):
+            raise ValueError("insert_relaxed: the scores or the site modules were made for other sites")
+        if any(name.startswith(RELAXED_PREFIX) for name, _ in graph_module.named_children()):
             raise ValueError("insert_relaxed: the graph already has site modules")
         for site in self.sites:  # before any edit: `into: extra(1)` adds a token
             if extra_tokens(self.space.sites[site.site_index].operator) == 1:
@@ -88,21 +79,20 @@ class InsertRelaxed(PassBase):
             y = next(user for user in call.users if user.args[1] == 0)
             if call.args[0].meta["val"].shape != y.meta["val"].shape:
                 raise AssertionError(f"insert_relaxed: site {name} changed the stream's shape")
-        if any(p.requires_grad for n, p in graph_module.named_parameters() if not n.startswith(PREFIX)):
+        if any(p.requires_grad for n, p in graph_module.named_parameters() if not n.startswith(RELAXED_PREFIX)):
             raise AssertionError("insert_relaxed: a model parameter is trainable; the model must stay frozen")
 
     # ---- insertion ----------------------------------------------------------------------
     def _insert(self, gm: fx.GraphModule, index: int, site: BoundSite, stream: fx.Node, anchor: fx.Node,
                 carried: tuple[fx.Node, fx.Node, fx.Node] | None) -> tuple[fx.Node, fx.Node]:
         """Insert site `index` on `stream` after `anchor`; returns (its output stream, its last node)."""
-        inserted = self.scores[site.name]
-        module = site_module(self.space, site, inserted)
-        gm.add_submodule(f"{PREFIX}{index}", module)
+        inserted, module = self.scores[site.name], self.modules[site.name]
+        gm.add_submodule(f"{RELAXED_PREFIX}{index}", module)
         mask, sizes = (carried[0], carried[1]) if carried else (None, None)
         args = (stream, inserted.score, mask, sizes, inserted.features)
-        outputs = call_on_stream(anchor, f"{PREFIX}{index}", args, OUTPUTS, inserted.score, site.node)
+        outputs = call_on_stream(anchor, f"{RELAXED_PREFIX}{index}", args, OUTPUTS, inserted.score, site.node)
         call, last = outputs.pop("call"), outputs[OUTPUTS[-1]]
-        self.modules[site.name], self.calls[site.name], self._outputs[site.name] = module, call, outputs
+        self.calls[site.name], self._outputs[site.name] = call, outputs
         return outputs["x"], last
 
     def _carried(self, done: list[BoundSite], block: Block, strict: bool) -> tuple[fx.Node, fx.Node, fx.Node] | None:
@@ -137,9 +127,9 @@ class InsertRelaxed(PassBase):
         return placed["mask"], placed["sizes"], placed["bias"]
 
 
-def insert_relaxed(space: ir.Space, block_map: BlockMap, sites: list[BoundSite],
-                   scores: dict[str, SiteScores]) -> dict[str, SiteModule]:
-    """Run `InsertRelaxed` on the block map's graph; returns `site name -> SiteModule`."""
-    inserted = InsertRelaxed(space, block_map, sites, scores)
+def insert_relaxed(space: ir.Space, block_map: BlockMap, sites: list[BoundSite], scores: dict[str, SiteScores],
+                   modules: dict[str, SiteModule]) -> dict[str, fx.Node]:
+    """Run `InsertRelaxed` on the block map's graph; returns `site name -> its module's call node`."""
+    inserted = InsertRelaxed(space, block_map, sites, scores, modules)
     inserted(block_map.graph_module)
-    return inserted.modules
+    return inserted.calls

@@ -20,31 +20,16 @@ and propagates fake tensors; `ensures` checks every inserted score is `[B, N]`, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from deos_dsl.compiler.blocks import Block, BlockMap
-from deos_dsl.compiler.errors import DeosCompileError
-from deos_dsl.compiler.graph_edit import add_key_bias, insert_after, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.blocks import BlockMap
+from deos_dsl.compiler.graph_edit import insert_after, refresh, sdpa_argument, sdpa_nodes
 from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score
+from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
 from deos_dsl.compiler.spans import reducible_span
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
-
-from .bind_sites import BoundSite
-
-META_SCORE, META_SDPA = "deos_score", "deos_score_sdpa"
-
-
-@dataclass
-class SiteScores:
-    """The inserted nodes of one site: `score [B, N]` (None for a learned scorer) and
-    optional `features [B, N, d]`, plus the reducible `span` of the site's stream."""
-
-    score: fx.Node | None
-    features: fx.Node | None
-    span: tuple[int, int]
 
 
 def _stream_kind(score: ir.Score) -> str:
@@ -115,17 +100,6 @@ class InsertScores(PassBase):
                                    "use `score: position` on a square patch grid")
         # features come from the block's attention, which precedes the block output
         return insert_after(site.node, stream_score, (site.node, _stream_kind(score)), {"span": span, "features": features})
-
-
-def bias_attention(block: Block, bias: fx.Node) -> None:
-    """Add the key `bias [B, N]` to every attention node of `block`, and point the attention
-    scores recomputed from those nodes at the same new mask, so a score always reads the
-    logits its attention uses."""
-    for sdpa in sdpa_nodes(block.nodes):
-        mask = add_key_bias(sdpa, bias)
-        for user in [node for node in sdpa.graph.nodes if node.meta.get(META_SDPA) is sdpa]:
-            user.update_arg(2, mask)
-            user.update_arg(3, False)
 
 
 def insert_scores(space: ir.Space, block_map: BlockMap, sites: list[BoundSite]) -> dict[str, SiteScores]:

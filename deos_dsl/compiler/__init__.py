@@ -13,12 +13,12 @@ re-traced alone by `stack_retrace`, its image tokens shrunk by `image_tokens`).
 """
 
 from .blocks import Block, BlockMap, SideTensor, Stack, build_block_map
-from .errors import BlockMapError, DeosCompileError, UnknownModelError, UntraceableModelError
+from .errors import BlockMapError, UnknownModelError, UntraceableModelError
 from .models import LoadedModel, resolve_model
 from .trace import TracedModel, trace, trace_language_model
 
 __all__ = [
-    "Block", "BlockMap", "BlockMapError", "DeosCompileError", "LoadedModel", "SideTensor", "Stack",
+    "Block", "BlockMap", "BlockMapError", "LoadedModel", "SideTensor", "Stack",
     "TracedModel", "UnknownModelError", "UntraceableModelError", "build_block_map", "resolve_model",
     "trace", "trace_language_model",
 ]

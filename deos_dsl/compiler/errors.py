@@ -1,19 +1,13 @@
-"""Model-side compile errors (the model cannot be found, traced or mapped).
+"""The compiler's own kinds of `DeosCompileError` (the model cannot be found, traced or mapped).
 
-Errors about a `.deos` file are `deos_dsl.frontend.DeosError` with positioned diagnostics;
-errors about the model have no source position and are `DeosCompileError`: a one-paragraph
-message plus a hint saying what the user can do. Neither ever needs a traceback to be read.
+Errors about a `.deos` file are `SpaceError`s with positioned diagnostics; errors about the
+model have no source position: a one-paragraph message plus a hint saying what the user can do
+(`deos_dsl.errors`). Neither ever needs a traceback to be read.
 """
 
 from __future__ import annotations
 
-
-class DeosCompileError(Exception):
-    """A compile failure that is the user's to fix: `message` says what, `hint` says how."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        self.message, self.hint = message, hint
-        super().__init__(message if hint is None else f"{message}\nhint: {hint}")
+from deos_dsl.errors import DeosCompileError
 
 
 class UnknownModelError(DeosCompileError):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError
 
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "labels")
 HINT = "emit sites on the vision tower or projector of an HF LLaVA-style model (image placeholders in input_ids)"

@@ -14,18 +14,16 @@ Every model is returned in eval mode with parameters frozen.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from deos_dsl.embedded import EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
 from deos_dsl.frontend.diagnostics import suggest
 
 from .errors import UnknownModelError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a tiny config never needs the hub
 
 Span = tuple[int, int]
 
@@ -63,8 +61,6 @@ def _frozen(model: nn.Module) -> nn.Module:
 
 
 def _embedded() -> LoadedModel:
-    from deos_dsl.embedded import EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
-
     path = default_weights_path()
     if path.exists():
         model, source = load_default_model(), f"trained weights from {path}"

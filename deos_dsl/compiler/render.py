@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from .blocks import Block, BlockMap
+from .sites import BoundSite
 
 
 def _shape(block: Block) -> str:
@@ -37,7 +38,7 @@ def block_table(block_map: BlockMap) -> Table:
     return table
 
 
-def sites_table(space_name: str, sites: list) -> Table:
+def sites_table(space_name: str, sites: list[BoundSite]) -> Table:
     """One row per bound site: name, selector, block, role, boundary node and its shape."""
     table = Table(title=f"bound sites of space `{space_name}`", title_justify="left")
     for column in ("site", "selector", "block", "role", "boundary node", "stream"):

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.regime import regime as regime_of
 from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce
 
-from .errors import DeosCompileError
 from .site_scores import grid_side
 from .site_transfer import bipartite_min_kept, extra_tokens, fuse_refusal, recycle_share, transfer_inputs
 

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 from deos_dsl.ops import ceil_count, recycle_mask, visionzip_inputs
 from deos_dsl.ops.params import Param
-
-from .errors import DeosCompileError
 
 Count = int | Tensor
 

@@ -10,10 +10,10 @@ The span must be contiguous: the DSL has no other reducible set.
 
 from __future__ import annotations
 
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
 from .blocks import Block, BlockMap
-from .errors import DeosCompileError
 
 Span = tuple[int, int]
 

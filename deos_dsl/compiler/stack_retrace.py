@@ -47,18 +47,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from .blocks import BlockMap, Stack
-from .errors import DeosCompileError
-from .trace import SYMBOLIC, TracedModel, export_dynamic, first_line, symbolic_dims
+from deos_dsl.errors import DeosCompileError
 
-if TYPE_CHECKING:  # the passes import the compiler
-    from deos_dsl.passes.bind_sites import BoundSite
+from .blocks import BlockMap, Stack
+from .sites import BoundSite
+from .trace import SYMBOLIC, TracedModel, export_dynamic, first_line, symbolic_dims
 
 CONTAINER_ROUTE = "torch.export (stack container `{}` on its input, dynamic length)"
 CHAIN_ROUTE = "torch.export (blocks of `{}` chained on their stream, dynamic length)"

@@ -40,8 +40,9 @@ import torch
 from torch import fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from deos_dsl.errors import DeosCompileError
+
 from .blocks import Block, BlockMap, is_tensor
-from .errors import DeosCompileError
 
 Span = tuple[int, int]
 CATS = (torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)

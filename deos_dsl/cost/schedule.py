@@ -14,16 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.hard_site import plan_site
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.errors import CostError
 
 from .model import Cost, SitePoint
 
 HINT = "pass a plan.json that `deos emit` wrote for this space and model"
 
 
-class ScheduleError(DeosCompileError):
+class ScheduleError(CostError):
     """A schedule file that cannot be read or does not fit the space."""
 
 

@@ -27,13 +27,12 @@ from torch import fx
 
 from deos_dsl.compiler.blocks import Block, BlockMap, module_paths
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.passes.bind_sites import BoundSite
-from deos_dsl.passes.insert_scores import META_SCORE, SiteScores
+from deos_dsl.compiler.sites import META_SCORE, BoundSite, SiteScores
 
 from .formulas import Conventions, operator_flops
 from .propagate import Costs, Propagation
 from .shapes import Dims, Shapes, hint
-from .symbols import B, N_PATCH, N_TEXT, N_VIS, Seed, gate_of, site_symbol, stack_seeds
+from .symbols import N_PATCH, N_TEXT, N_VIS, B, Seed, gate_of, site_symbol, stack_seeds
 
 
 @dataclass(frozen=True)

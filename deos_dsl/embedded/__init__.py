@@ -7,13 +7,13 @@
 """
 
 from .evaluate import accuracy_per_family, evaluate, majority_baseline, predict
-from .loading import WeightsError, default_weights_path, load_default_model, load_model
+from .loading import default_weights_path, load_default_model, load_model
 from .model import EmbeddedVQAModel, ModelConfig
 from .vqa import ANSWERS, FAMILIES, QUESTION_WORDS, Batch, VQADataset, fixed_eval_batch, make_example
 
 __all__ = [
     "ANSWERS", "FAMILIES", "QUESTION_WORDS", "Batch", "EmbeddedVQAModel", "ModelConfig",
-    "VQADataset", "WeightsError", "accuracy_per_family", "default_weights_path", "evaluate",
+    "VQADataset", "accuracy_per_family", "default_weights_path", "evaluate",
     "fixed_eval_batch", "load_default_model", "load_model", "majority_baseline",
     "make_example", "predict",
 ]

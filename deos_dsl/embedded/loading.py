@@ -8,16 +8,14 @@ from typing import Any
 
 import torch
 
+from deos_dsl.errors import WeightsError
 from deos_dsl.files import write_atomically, write_text_atomically
 
 from .model import EmbeddedVQAModel, ModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_NAME = "shapes_vqa"
-
-
-class WeightsError(RuntimeError):
-    """The weights file or its metadata is missing, corrupt or does not match the model."""
+RETRAIN = "reinstall deos for the shipped weights, or retrain them: python -m deos_dsl.embedded.train"
 
 
 def save_weights(model: EmbeddedVQAModel, path: Path) -> None:
@@ -40,7 +38,7 @@ def load_metadata(path: Path) -> dict[str, Any]:
     try:
         return json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise WeightsError(f"cannot read weights metadata {meta_path}: {err}") from err
+        raise WeightsError(f"cannot read weights metadata {meta_path}: {err}", RETRAIN) from err
 
 
 def load_model(path: Path) -> EmbeddedVQAModel:
@@ -49,12 +47,12 @@ def load_model(path: Path) -> EmbeddedVQAModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for missing/corrupt archives
-        raise WeightsError(f"cannot load weights {path}: {err}") from err
+        raise WeightsError(f"cannot load weights {path}: {err}", RETRAIN) from err
     model = EmbeddedVQAModel(cfg)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, AttributeError) as err:
-        raise WeightsError(f"weights {path} do not match config {cfg}: {err}") from err
+        raise WeightsError(f"weights {path} do not match config {cfg}: {err}", RETRAIN) from err
     model.eval().requires_grad_(False)
     return model
 

@@ -1,6 +1,6 @@
 """The front end's public entry points: parse, format, load and check .deos files.
 
-Invariant: every function either returns its result or raises `DeosError` whose diagnostics
+Invariant: every function either returns its result or raises `SpaceError` whose diagnostics
 carry their source lines (ready for `render.render_error`).
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deos_dsl.errors import Diagnostic, SpaceError
+
 from . import ir
-from .diagnostics import DeosError, Diagnostic, with_sources
+from .diagnostics import with_sources
 from .formatter import format_module
 from .loader import Program, load_program, parse_module, too_deep
 from .resolve import Resolver, complete
@@ -19,15 +21,15 @@ from .validate import Validator
 def _raise_if_errors(diagnostics: list[Diagnostic]) -> None:
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors:
-        raise DeosError(errors)
+        raise SpaceError(errors)
 
 
 def parse(text: str, file: str = "<string>") -> ir.Module:
     """Syntax-level IR of one file (no imports followed, nothing evaluated)."""
     try:
         module, diagnostics = parse_module(text, file)
-    except DeosError as error:
-        raise DeosError(with_sources(error.diagnostics, {file: text})) from None
+    except SpaceError as error:
+        raise SpaceError(with_sources(error.diagnostics, {file: text})) from None
     _raise_if_errors(with_sources(diagnostics, {file: text}))
     return module
 
@@ -74,11 +76,11 @@ def check(path: str | Path, text: str | None = None) -> tuple[list[ir.Space], li
     except RecursionError:
         spaces = []
         program.diagnostics.extend(too_deep(program.root).diagnostics)
-    return spaces, with_sources(DeosError(program.diagnostics).diagnostics, program.sources)
+    return spaces, with_sources(SpaceError(program.diagnostics).diagnostics, program.sources)
 
 
 def load_spaces(path: str | Path) -> list[ir.Space]:
-    """The resolved, validated spaces defined in `path` (imports followed); raises DeosError."""
+    """The resolved, validated spaces defined in `path` (imports followed); raises SpaceError."""
     spaces, diagnostics = check(path)
     _raise_if_errors(diagnostics)
     return spaces

@@ -12,8 +12,9 @@ from typing import Any, Callable
 from lark import Token, Transformer, Tree, v_args
 from lark.tree import Meta
 
+from deos_dsl.errors import Diagnostic
+
 from . import ir
-from .diagnostics import Diagnostic
 from .parser import Comment
 
 

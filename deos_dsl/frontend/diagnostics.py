@@ -1,49 +1,17 @@
-"""Diagnostics: the single error currency of the front end.
+"""Diagnostics helpers: did-you-mean hints, source lines for the caret, positioned reports.
 
-Invariant: every user-facing failure of parsing, resolution or validation is a `DeosError`
-carrying one or more `Diagnostic`s; no other exception type escapes for bad input.
+Invariant: every user-facing failure of parsing, resolution or validation is a `SpaceError`
+(`deos_dsl.errors`) carrying one or more `Diagnostic`s; no other exception type escapes for
+bad input.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Literal
+from dataclasses import replace
+from typing import Any, Iterable
 
-Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One positioned message. Lines and columns are 1-based; `end_col` is exclusive."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-    end_line: int | None = None
-    end_col: int | None = None
-    severity: Severity = "error"
-    hint: str | None = None
-    source_line: str | None = field(default=None, compare=False)
-
-    def location(self) -> str:
-        """`file:line:col`, the prefix of every rendered diagnostic."""
-        return f"{self.file}:{self.line}:{self.col}"
-
-    def __str__(self) -> str:
-        text = f"{self.location()}: {self.severity}: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
-
-
-class DeosError(Exception):
-    """Raised with ALL the diagnostics found in one unit of work (a file and its imports)."""
-
-    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
-        self.diagnostics: list[Diagnostic] = sorted(
-            dict.fromkeys(diagnostics), key=lambda d: (d.file, d.line, d.col, d.message)
-        )
-        super().__init__("\n".join(str(d) for d in self.diagnostics))
+from deos_dsl.errors import Diagnostic
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from deos_dsl.errors import Diagnostic
+
 from . import ir
-from .diagnostics import Diagnostic, report, suggest
+from .diagnostics import report, suggest
 
 
 def poison(span: ir.Span | None) -> ir.Num:

@@ -12,19 +12,21 @@ from pathlib import Path
 
 from lark.exceptions import VisitError
 
+from deos_dsl.errors import Diagnostic, SpaceError
+
 from . import ir
 from .builder import build
-from .diagnostics import DeosError, Diagnostic, report
+from .diagnostics import report
 from .parser import parse_tree, scan_comments
 
 
-def too_deep(file: str) -> DeosError:
+def too_deep(file: str) -> SpaceError:
     """The error for input whose nesting exceeds Python's recursion limit."""
-    return DeosError([Diagnostic(file, 1, 1, "input is nested too deeply", hint="split the expression using constants")])
+    return SpaceError([Diagnostic(file, 1, 1, "input is nested too deeply", hint="split the expression using constants")])
 
 
 def parse_module(text: str, file: str) -> tuple[ir.Module, list[Diagnostic]]:
-    """Syntax only: parse and build one file (raises DeosError on a syntax error)."""
+    """Syntax only: parse and build one file (raises SpaceError on a syntax error)."""
     try:
         tree = parse_tree(text, file)
         return build(tree, file, scan_comments(text))
@@ -44,18 +46,18 @@ def _is_dir(path: Path) -> bool:
 
 
 def read_source(path: Path) -> str:
-    """Read a file as UTF-8 or raise DeosError (missing, a directory, unreadable, not text)."""
+    """Read a file as UTF-8 or raise SpaceError (missing, a directory, unreadable, not text)."""
     name = str(path)
     if _is_dir(path):
-        raise DeosError([Diagnostic(name, 1, 1, "is a directory, not a .deos file")])
+        raise SpaceError([Diagnostic(name, 1, 1, "is a directory, not a .deos file")])
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DeosError([Diagnostic(name, 1, 1, "no such file")]) from None
+        raise SpaceError([Diagnostic(name, 1, 1, "no such file")]) from None
     except UnicodeDecodeError as error:
-        raise DeosError([Diagnostic(name, 1, 1, f"not UTF-8 text ({error.reason})")]) from None
+        raise SpaceError([Diagnostic(name, 1, 1, f"not UTF-8 text ({error.reason})")]) from None
     except (OSError, ValueError) as error:
-        raise DeosError([Diagnostic(name, 1, 1, f"cannot read: {getattr(error, 'strerror', None) or error}")]) from None
+        raise SpaceError([Diagnostic(name, 1, 1, f"cannot read: {getattr(error, 'strerror', None) or error}")]) from None
 
 
 def _is_file(path: Path) -> bool:
@@ -93,7 +95,7 @@ def _load(program: Program, path: Path, text: str | None, stack: list[str]) -> N
         text = read_source(path) if text is None else text
         program.sources[name] = text
         module, diagnostics = parse_module(text, name)
-    except DeosError as error:
+    except SpaceError as error:
         program.diagnostics.extend(error.diagnostics)
         return
     program.diagnostics.extend(diagnostics)

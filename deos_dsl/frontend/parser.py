@@ -1,6 +1,6 @@
 """Text -> Lark parse tree, with Lark's syntax errors translated into `Diagnostic`s.
 
-Invariant: `parse_tree` either returns a tree or raises `DeosError`; the Lark object is built
+Invariant: `parse_tree` either returns a tree or raises `SpaceError`; the Lark object is built
 once per process (`grammar()`), LALR, strict, with positions propagated.
 """
 
@@ -16,7 +16,9 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from .diagnostics import DeosError, Diagnostic, source_lines
+from deos_dsl.errors import Diagnostic, SpaceError
+
+from .diagnostics import source_lines
 
 READABLE = {
     "NAME": "a name",
@@ -122,11 +124,11 @@ def _diagnostic(error: UnexpectedInput, text: str, file: str) -> Diagnostic:
 
 
 def parse_tree(text: str, file: str) -> Tree:
-    """Parse `text` (named `file` in diagnostics) or raise `DeosError` with one diagnostic."""
+    """Parse `text` (named `file` in diagnostics) or raise `SpaceError` with one diagnostic."""
     try:
         return grammar().parse(text)
     except UnexpectedInput as error:
-        raise DeosError([_diagnostic(error, text, file)]) from None
+        raise SpaceError([_diagnostic(error, text, file)]) from None
 
 
 @dataclass(frozen=True)

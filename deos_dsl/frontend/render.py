@@ -6,8 +6,9 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
+from deos_dsl.errors import Diagnostic
+
 from . import ir
-from .diagnostics import Diagnostic
 from .formatter import format_constraint, format_site_key, format_value
 
 _STYLE = {"error": "bold red", "warning": "bold yellow"}

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from deos_dsl.errors import Diagnostic
+
 from . import ir
-from .diagnostics import Diagnostic, report, suggest
+from .diagnostics import report, suggest
 from .fold import Folder
 from .formatter import format_selector, format_site_key
 from .loader import Program

@@ -10,8 +10,10 @@ import math
 import re
 from collections import Counter
 
+from deos_dsl.errors import Diagnostic
+
 from . import ir
-from .diagnostics import Diagnostic, report, suggest
+from .diagnostics import report, suggest
 from .fold import is_poison
 from .formatter import format_constraint, format_number, format_site_key
 from .regime import CORNER_SETTINGS

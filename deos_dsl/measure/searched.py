@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from deos_dsl.compiler.emit import Emitted, compile_emitted
 from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.files import write_text_atomically
+from deos_dsl.pipeline.emit import Emitted, compile_emitted
 from deos_dsl.search.data import check_model, parse_data
 from deos_dsl.search.result import Run, read_run, read_schedule, write_json
 

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
+from deos_dsl.errors import SearchError
 from deos_dsl.files import write_atomically
-
-from .errors import SearchError
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1

@@ -35,13 +35,12 @@ import torch
 from torch import Tensor
 
 from deos_dsl.compiler.blocks import BlockMap
+from deos_dsl.compiler.selectors import select_blocks
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import BoundSite, SiteScores
+from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.formatter import format_constraint
-from deos_dsl.passes.bind_sites import BoundSite, select_blocks
-from deos_dsl.passes.insert_scores import SiteScores
-
-from .errors import SearchError
 
 N = TypeVar("N", int, Tensor)  # a token count: an int (discrete) or a tensor (expected)
 EXACT = 1e-12

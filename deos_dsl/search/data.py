@@ -18,8 +18,7 @@ import torch
 
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.embedded.vqa import ANSWERS, IMAGE_SIZE, QUESTION_LEN, Batch, VQADataset, fixed_eval_batch
-
-from .errors import SearchError
+from deos_dsl.errors import SearchError
 
 SPEC = re.compile(r"embedded(?::shapes_vqa(?:\[:(\d+)\])?)?\Z")
 FORMS = "`embedded`, `embedded:shapes_vqa` or `embedded:shapes_vqa[:N]`"

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import SearchError
+from deos_dsl.errors import SearchError
 
 
 @dataclass(frozen=True)

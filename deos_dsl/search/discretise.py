@@ -40,12 +40,12 @@ import torch
 
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.site_transfer import bipartite_min_kept
+from deos_dsl.compiler.sites import BoundSite
+from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
 from deos_dsl.ops import keep_count
-from deos_dsl.passes.bind_sites import BoundSite
 
 from .constraints import Constraints, FlowSite, discrete_leaving
-from .errors import SearchError
 
 CORNER_VALUES = {"gamma": (0.0, 1.0), "nu": (0.0, 1.0), "rho": (0.0,), "theta": (0.0,)}
 

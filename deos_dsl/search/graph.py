@@ -26,14 +26,13 @@ import torch
 from torch import Tensor, fx
 
 from deos_dsl.compiler.blocks import Block, BlockMap, build_block_map
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores
 from deos_dsl.compiler.trace import EXPORT, LANGUAGE_MODEL, SYMBOLIC, trace
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
-from deos_dsl.passes.bind_sites import BoundSite, bind_sites
-from deos_dsl.passes.insert_relaxed import PREFIX, insert_relaxed
-from deos_dsl.passes.insert_scores import SiteScores, insert_scores
+from deos_dsl.pipeline import Bound, bind_model, relax
 
 from .constraints import TokenFlow
 
@@ -50,15 +49,31 @@ class SearchGraph:
     is computed on them; every position when none is protected).
     """
 
-    space: ir.Space
+    bound: Bound
     loaded: LoadedModel
-    block_map: BlockMap
-    sites: list[BoundSite]
-    scores: dict[str, SiteScores]
-    modules: dict[str, SiteModule]
     flow: TokenFlow
     dense: fx.GraphModule
     protected: Tensor
+
+    @property
+    def space(self) -> ir.Space:
+        return self.bound.space
+
+    @property
+    def block_map(self) -> BlockMap:
+        return self.bound.block_map
+
+    @property
+    def sites(self) -> list[BoundSite]:
+        return self.bound.sites
+
+    @property
+    def scores(self) -> dict[str, SiteScores]:
+        return self.bound.scores
+
+    @property
+    def modules(self) -> dict[str, SiteModule]:
+        return self.bound.modules
 
     @property
     def gm(self) -> fx.GraphModule:
@@ -66,7 +81,7 @@ class SearchGraph:
 
     def submodule(self, name: str) -> str:
         """The graph attribute holding site `name`'s module."""
-        return f"{PREFIX}{[site.name for site in self.sites].index(name)}"
+        return f"{RELAXED_PREFIX}{[site.name for site in self.sites].index(name)}"
 
 
 def _last_block(block_map: BlockMap) -> Block:
@@ -77,7 +92,7 @@ def _last_block(block_map: BlockMap) -> Block:
 def _stream_after(node: fx.Node) -> fx.Node:
     """The stream that later nodes read for `node`: past every relaxed site called on it."""
     while True:
-        call = next((u for u in node.users if u.op == "call_module" and str(u.target).startswith(PREFIX)), None)
+        call = next((u for u in node.users if u.op == "call_module" and str(u.target).startswith(RELAXED_PREFIX)), None)
         if call is None:
             return node
         node = next(u for u in call.users if u.args[1] == 0)
@@ -103,34 +118,28 @@ def _cut_before(gm: fx.GraphModule, stream: fx.Node) -> None:
     gm.recompile()
 
 
-def _traced(loaded: LoadedModel) -> BlockMap:
-    traced = trace(loaded.model, loaded.args, loaded.kwargs, tracers=TRACERS)
-    return build_block_map(traced, loaded.roles, loaded.spans)
-
-
 def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
-    """Trace, bind, score and relax (module docstring); raises `DeosCompileError` / `DeosError`."""
-    block_map = _traced(loaded)
-    if not block_map.stacks:
+    """Trace, bind, score and relax (module docstring); raises `DeosCompileError` / `SpaceError`."""
+    bound = bind_model(space, loaded, TRACERS)
+    if not bound.block_map.stacks:
         raise DeosCompileError("the model has no block stack to search over")
-    sites = bind_sites(space, block_map)
-    if not sites:
+    if not bound.sites:
         raise DeosCompileError(f"space `{space.name}` has no site to search", "add a `site` to the space")
-    scores = insert_scores(space, block_map, sites)
-    modules = insert_relaxed(space, block_map, sites, scores)
+    relax(bound)
+    block_map, sites = bound.block_map, bound.sites
     last = _last_block(block_map)
     _expose(block_map.graph_module, _stream_after(last.exit), sites[0].node)
-    dense_map = _traced(loaded)
+    dense_map = build_block_map(trace(loaded.model, loaded.args, loaded.kwargs, tracers=TRACERS), loaded.roles, loaded.spans)
     _expose(dense_map.graph_module, _last_block(dense_map).exit)
     first = next(block for block in dense_map.blocks() if block.path == sites[0].block.path)
     _cut_before(dense_map.graph_module, first.exit)
-    flow = TokenFlow.of(block_map, sites, scores)
+    flow = TokenFlow.of(block_map, sites, bound.scores)
     length = int(last.exit.meta["val"].shape[1])
     span = block_map.spans.get(last.role or "") or (0, 0)
     protected = torch.tensor([not span[0] <= i < span[1] for i in range(length)])
     if not protected.any():
         protected = torch.ones(length, dtype=torch.bool)
-    return SearchGraph(space, loaded, block_map, sites, scores, modules, flow, dense_map.graph_module, protected)
+    return SearchGraph(bound, loaded, flow, dense_map.graph_module, protected)
 
 
 @contextmanager

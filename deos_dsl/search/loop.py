@@ -39,14 +39,15 @@ from rich.console import Console
 from torch import Tensor
 
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
+from deos_dsl.pipeline import search_flops
 
 from . import ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
 from .data import check_model, parse_data
 from .discretise import Discretiser, Schedule, site_retains
-from .errors import SearchError
 from .graph import SearchGraph, build_search_graph
 from .lagrangian import AugmentedLagrangian
 from .log import JsonLog, Progress, read_log
@@ -98,9 +99,7 @@ def step_noise(seed: int, rank: int, step: int) -> torch.Generator:
 
 def flops_model(graph: SearchGraph) -> FlopsModel:
     """The symbolic cost model's differentiable FLOPs of `graph`'s sites (`deos_dsl.cost`)."""
-    from deos_dsl.cost import search_flops
-
-    return search_flops(graph.block_map, graph.sites, graph.scores)
+    return search_flops(graph.bound)
 
 
 class Search:

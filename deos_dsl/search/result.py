@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from deos_dsl.compiler.emit import Emitted, compile_emitted, write_artifacts
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.errors import SearchError
 from deos_dsl.files import write_atomically, write_text_atomically
 from deos_dsl.frontend import ir
+from deos_dsl.pipeline.emit import Emitted, compile_emitted, write_artifacts
 
-from .errors import SearchError
 from .log import finite_json
 
 RUN, RESULT, SCHEDULE, EMITTED = "run.json", "result.pt", "schedule.json", "emitted"

@@ -15,10 +15,10 @@ from typing import Any, Callable
 import torch
 
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import site_module
 from deos_dsl.embedded.evaluate import accuracy_per_family
 from deos_dsl.embedded.vqa import Batch
 from deos_dsl.frontend import ir
-from deos_dsl.passes.insert_relaxed import site_module
 
 from .graph import SearchGraph, installed
 

@@ -2,8 +2,7 @@
 token budget, measured on their emitted graphs; results table, Pareto plot, operator patterns."""
 
 from .api import run_study, study_spaces
-from .errors import StudyError
 from .fit import Fitted, fit_baseline, is_baseline
 from .run import Entry, Study, StudyPlan
 
-__all__ = ["Entry", "Fitted", "Study", "StudyError", "StudyPlan", "fit_baseline", "is_baseline", "run_study", "study_spaces"]
+__all__ = ["Entry", "Fitted", "Study", "StudyPlan", "fit_baseline", "is_baseline", "run_study", "study_spaces"]

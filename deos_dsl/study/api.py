@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from deos_dsl.errors import StudyError
 from deos_dsl.files import write_atomically, write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.search.result import write_json
 
-from .errors import StudyError
 from .fit import is_baseline
 from .plots import plot_pareto, plot_patterns
 from .report import results_json, table_markdown

@@ -27,8 +27,8 @@ allows within the budget.
 3. Otherwise (the baseline has a projector site, e.g. pool2x2 below 25%, or a cut to one token
    is still over): `StudyError` with the smallest tokens.mean reachable.
 
-Each space structure is bound once (trace, bind_sites, insert_scores and the site modules, no
-relaxed graph: EViT's fused token has none), at most twice per baseline (without and with the
+Each space structure is bound once (the pipeline's `bind_model`: trace, bind_sites,
+insert_scores and the site modules, no relaxed graph: EViT's fused token has none), at most twice per baseline (without and with the
 cut); candidates are then evaluated arithmetically with the discretiser's functions, on the
 retains the fitted space writes, so `compile_emitted(fitted.space, model)` keeps exactly the
 counts the fit computed.
@@ -40,19 +40,15 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from deos_dsl.compiler.blocks import build_block_map
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.trace import trace
+from deos_dsl.compiler.sites import BoundSite
+from deos_dsl.errors import StudyError
 from deos_dsl.frontend import ir
-from deos_dsl.passes.bind_sites import BoundSite, bind_sites
-from deos_dsl.passes.insert_relaxed import site_module
-from deos_dsl.passes.insert_scores import insert_scores
+from deos_dsl.pipeline import bind_model
 from deos_dsl.search.constraints import EXACT, FlowSite, TokenFlow, discrete_leaving
 from deos_dsl.search.discretise import allowed_keeps
 from deos_dsl.search.graph import TRACERS
-
-from .errors import StudyError
 
 PERCENT_DECIMALS = 4  # a scaled ratio is written as `N%` with this many decimals (exact in float32)
 SMALLEST_PERCENT = 10.0**-PERCENT_DECIMALS
@@ -79,7 +75,7 @@ class Fitted:
 
 
 @dataclass(frozen=True)
-class Bound:
+class Structure:
     """One space structure bound on a model: its token flow, bound sites and site modules (the
     bipartite floor and the extra tokens of each site)."""
 
@@ -104,14 +100,10 @@ class Bound:
         return any(site.layer == -1 for site in self.flow.sites)
 
 
-def bind(space: ir.Space, loaded: LoadedModel) -> Bound:
-    """Trace `loaded` and bind `space`'s sites on it (passes 1-2 and the site modules)."""
-    traced = trace(loaded.model, loaded.args, loaded.kwargs, tracers=TRACERS)
-    block_map = build_block_map(traced, loaded.roles, loaded.spans)
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    modules = {site.name: site_module(space, site, scores[site.name]) for site in sites}
-    return Bound(TokenFlow.of(block_map, sites, scores), sites, modules)
+def structure(space: ir.Space, loaded: LoadedModel) -> Structure:
+    """`space`'s sites bound on `loaded` (the pipeline's `bind_model`, as the search traces)."""
+    bound = bind_model(space, loaded, TRACERS)
+    return Structure(TokenFlow.of(bound.block_map, bound.sites, bound.scores), bound.sites, bound.modules)
 
 
 def _learns(site: ir.Site) -> bool:
@@ -216,7 +208,7 @@ def _out_of_reach(space: ir.Space, budget: float, smallest: float, why: str) -> 
 
 def _fit_cut(space: ir.Space, budget: float, loaded: LoadedModel) -> Fitted:
     """Rule 2: the largest projector cut in front of the baseline at its own ratios."""
-    bound = bind(_with_sites(space, [cut_site(1), *space.sites]), loaded)
+    bound = structure(_with_sites(space, [cut_site(1), *space.sites]), loaded)
 
     def tokens_mean(keep: int) -> float:
         return bound.tokens_mean([cut_site(keep), *space.sites])
@@ -232,7 +224,7 @@ def fit_baseline(space: ir.Space, budget: float, loaded: LoadedModel) -> Fitted:
     """`space` fitted to `tokens.mean <= budget` on `loaded` by the module docstring's rule;
     raises `StudyError` when it is no baseline or the budget is out of its reach."""
     _check_baseline(space)
-    bound = bind(space, loaded)
+    bound = structure(space, loaded)
 
     def tokens_mean(scale: float) -> float:
         return bound.tokens_mean(scaled_sites(space, scale))
@@ -252,4 +244,4 @@ def fit_baseline(space: ir.Space, budget: float, loaded: LoadedModel) -> Fitted:
 def fixed_tokens_mean(space: ir.Space, loaded: LoadedModel) -> float:
     """The discrete tokens.mean of a baseline `space` on `loaded` (`StudyError` if it learns)."""
     _check_baseline(space)
-    return bind(space, loaded).tokens_mean(space.sites)
+    return structure(space, loaded).tokens_mean(space.sites)

@@ -24,17 +24,15 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from deos_dsl.compiler import DeosCompileError
-from deos_dsl.compiler.emit import Emitted, compile_emitted
 from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.embedded.vqa import Batch, fixed_eval_batch
+from deos_dsl.errors import DeosError, StudyError
 from deos_dsl.frontend import ir
-from deos_dsl.frontend.diagnostics import DeosError
 from deos_dsl.measure import accuracy_and_flops, load_searched
+from deos_dsl.pipeline.emit import Emitted, compile_emitted
 from deos_dsl.search.loop import Options, search
 from deos_dsl.search.result import SCHEDULE, read_run
 
-from .errors import StudyError
 from .fit import fit_baseline
 from .pattern import is_hybrid, pattern_text, site_pattern
 
@@ -91,11 +89,9 @@ def budget_space(space: ir.Space, budget: float) -> ir.Space:
     return space.model_copy(update={"constraints": [limit]})
 
 
-def failure_reason(error: DeosCompileError | DeosError) -> str:
-    """One line: a compile / search error's message, or a DSL error's first diagnostic."""
-    if isinstance(error, DeosCompileError):
-        return error.message
-    return error.diagnostics[0].message if error.diagnostics else str(error)
+def failure_reason(error: DeosError) -> str:
+    """One line: a DSL error's first diagnostic, any other error's message."""
+    return error.diagnostics[0].message if error.diagnostics else error.message
 
 
 def search_dir(out: Path, budget: float) -> Path:
@@ -145,7 +141,7 @@ class Study:
             searched = load_searched(out, self.loaded)
         except StudyError:
             raise
-        except (DeosCompileError, DeosError) as error:
+        except DeosError as error:
             entry.error = failure_reason(error)
             self.console.print(f"  failed: {entry.error}", highlight=False, markup=False)
             return entry
@@ -176,7 +172,7 @@ class Study:
         try:
             fitted = fit_baseline(space, budget, self.loaded)
             emitted = compile_emitted(fitted.space, self.loaded)
-        except (DeosCompileError, DeosError) as error:
+        except DeosError as error:
             entry.error = failure_reason(error)
             self.console.print(f"  not run: {entry.error}", highlight=False, markup=False)
             return entry

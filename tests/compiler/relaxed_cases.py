@@ -12,10 +12,10 @@ from torch import fx
 from compiler_models import loaded
 from deos_dsl.compiler import BlockMap, build_block_map, trace
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import BoundSite, SiteScores
 from deos_dsl.frontend import ir, load_spaces
-from deos_dsl.passes.bind_sites import BoundSite, bind_sites
-from deos_dsl.passes.insert_relaxed import insert_relaxed
-from deos_dsl.passes.insert_scores import SiteScores, insert_scores
+from deos_dsl.pipeline import bind
+from deos_dsl.pipeline import relax as relax_bound
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 
@@ -105,7 +105,6 @@ def relax(name: str, space: ir.Space, tracer: str = "torch.export") -> Relaxed:
 
     block_map = fresh_block_map(name, tracer)
     reference = tensors(block_map.traced.run())
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    modules = insert_relaxed(space, block_map, sites, scores)
-    return Relaxed(block_map, sites, scores, modules, reference)
+    bound = bind(space, block_map)
+    relax_bound(bound)
+    return Relaxed(block_map, bound.sites, bound.scores, bound.modules, reference)

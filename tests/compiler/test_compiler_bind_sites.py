@@ -10,8 +10,11 @@ import torch
 
 from compiler_models import block_map, tensors
 from deos_dsl.compiler.blocks import BlockMap
-from deos_dsl.frontend import DeosError, load_spaces
-from deos_dsl.passes.bind_sites import META_KEY, BindSites, bind_sites, glob_regex
+from deos_dsl.compiler.selectors import glob_regex
+from deos_dsl.compiler.sites import META_SITE as META_KEY
+from deos_dsl.errors import SpaceError
+from deos_dsl.frontend import load_spaces
+from deos_dsl.passes.bind_sites import BindSites, bind_sites
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 LLAVA, QWEN, CLIP = "hf:LlavaForConditionalGeneration", "hf:Qwen2Model", "hf:CLIPVisionModel"
@@ -126,7 +129,7 @@ def test_bad_selectors_are_all_reported_with_positions_and_suggestions(tmp_path:
     file = tmp_path / "bad.deos"
     file.write_text(BAD)
     (bad,) = load_spaces(file)
-    with pytest.raises(DeosError) as caught:
+    with pytest.raises(SpaceError) as caught:
         bind_sites(bad, block_map(QWEN))
     found = [(d.line, d.col, d.message, d.hint) for d in caught.value.diagnostics]
     assert found == [
@@ -175,6 +178,6 @@ def test_spaces_built_in_code_report_every_error_without_positions():
 
     selectors = [ir.RoleSelector(path=["vision", "layers"], index=ir.Index(every=True)), ir.ModuleSelector(pattern="nope.*")]
     built = ir.Space(name="built", sites=[ir.Site(selectors=selectors)])
-    with pytest.raises(DeosError) as caught:
+    with pytest.raises(SpaceError) as caught:
         bind_sites(built, block_map(QWEN))
     assert [(d.file, d.line, d.col) for d in caught.value.diagnostics] == [("<space>", 1, 1)] * 2

@@ -36,6 +36,14 @@ def test_compile_one_space_of_a_file():
     assert code == 1 and "no space `nope`" in err and "sparsevlm_v2, sparsevlm_v1" in err
 
 
+def test_compile_every_space_of_a_file():
+    """Each space binds on its own graph (binding two spaces on one graph was an internal error)."""
+    code, out, err = run("compile", str(SPACES / "sparsevlm.deos"), "--model", "embedded")
+    assert code == 0, err
+    assert "bound sites of space `sparsevlm_v2`" in out and "bound sites of space `sparsevlm_v1`" in out
+    assert out.count("block map") == 1
+
+
 def test_compile_bad_inputs_exit_1_without_traceback():
     cases = [
         (("--model", "hf:CLIPVisonModel"), "tome.deos", ["unknown model `hf:CLIPVisonModel`", "did you mean `hf:CLIPVisionModel`?"]),

@@ -27,15 +27,31 @@ from torch import Tensor, nn
 
 from compiler_models import loaded, tensors
 from deos_dsl.compiler.blocks import module_paths
-from deos_dsl.compiler.emit import Emitted, compile_emitted
 from deos_dsl.compiler.masking import gather_mask
 from deos_dsl.compiler.stack_retrace import StackGraph
 from deos_dsl.compiler.token_index import gather_side
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC
 from deos_dsl.ops import gather_tokens
-from references import (LayerReduce, VisionStep, VisualSpan, answer_from_patches, embedded_decoder, embedded_vision,
-                        evit, llama_decoder_reference, patched_encoder, pool_2x2, pooled_reference, prune, recycle,
-                        reweight, tome, visionzip, with_placeholders)
+from deos_dsl.pipeline import Emitted, compile_emitted
+from references import (
+    LayerReduce,
+    VisionStep,
+    VisualSpan,
+    answer_from_patches,
+    embedded_decoder,
+    embedded_vision,
+    evit,
+    llama_decoder_reference,
+    patched_encoder,
+    pool_2x2,
+    pooled_reference,
+    prune,
+    recycle,
+    reweight,
+    tome,
+    visionzip,
+    with_placeholders,
+)
 from relaxed_cases import bundled
 
 CLIP, SIGLIP, VIT = "hf:CLIPVisionModel", "hf:SiglipVisionModel", "hf:ViTModel"

@@ -16,14 +16,13 @@ import torch
 
 from compiler_models import loaded, tensors
 from deos_dsl.compiler import LoadedModel, build_block_map, trace
-from deos_dsl.compiler.emit import compile_emitted, write_artifacts
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.hard_site import HardSite, plan_site
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.compiler.sites import RELAXED_PREFIX
 from deos_dsl.compiler.trace import SYMBOLIC
-from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.insert_relaxed import PREFIX, insert_relaxed
-from deos_dsl.passes.insert_scores import insert_scores
+from deos_dsl.errors import DeosCompileError
+from deos_dsl.passes.insert_relaxed import insert_relaxed
+from deos_dsl.pipeline import bind, compile_emitted, write_artifacts
 from references import take
 from relaxed_cases import Relaxed, bundled, fresh_block_map, relax
 from test_compiler_discretise import QWEN, emit
@@ -115,12 +114,11 @@ def test_relaxed_hard_limit_is_the_emitted_operator(file: str, space: str, index
 def test_fused_extra_token_has_no_relaxed_form():
     block_map, _, _ = vision_alone()
     space = bundled("evit.deos", "evit")
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
+    bound = bind(space, block_map)
     with pytest.raises(DeosCompileError, match=r"`into: extra\(1\)`.*no shape-preserving relaxed form") as caught:
-        insert_relaxed(space, block_map, sites, scores)
+        insert_relaxed(space, block_map, bound.sites, bound.scores, bound.modules)
     assert "deos emit" in caught.value.hint
-    assert not any(name.startswith(PREFIX) for name, _ in block_map.graph_module.named_children())  # nothing edited
+    assert not any(name.startswith(RELAXED_PREFIX) for name, _ in block_map.graph_module.named_children())  # nothing edited
     module = SiteModule("s", space.sites[0], VISION_SPAN, 128)  # emission builds it: only its forward refuses
     with pytest.raises(DeosCompileError, match="no shape-preserving relaxed form"):
         module(torch.randn(1, 145, 128), torch.rand(1, 145))

@@ -17,22 +17,22 @@ import networkx as nx
 import pytest
 import torch
 import torch.nn.functional as F
+from test_compiler_emit import run_cli
 from torch import nn
 
 from compiler_models import Residual, loaded, tensors
 from deos_dsl.cli import EXIT_OK
 from deos_dsl.compiler import BlockMap, LoadedModel, build_block_map, trace
 from deos_dsl.compiler.blocks import dataflow
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.masking import gather_mask
 from deos_dsl.compiler.token_index import gather_side
 from deos_dsl.compiler.trace import SYMBOLIC
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.ops import gather_tokens
 from references import VisualSpan, answer_from_patches, cls_prune, embedded_vision, prune, prune_plan, take
 from relaxed_cases import SPACES, bundled, fresh_block_map, relax, space_from
 from test_compiler_discretise import emit
-from test_compiler_emit import run_cli
 
 OLD_LENGTHS = (145, 144, 156)  # vision stream, projector stream, decoder stream before any site
 

@@ -12,15 +12,15 @@ import pytest
 
 from compiler_models import loaded
 from deos_dsl.compiler import build_block_map, trace
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.graph_edit import sdpa_argument
+from deos_dsl.compiler.sites import META_SDPA, is_impure
 from deos_dsl.compiler.trace import SYMBOLIC
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
-from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.cleanup import cleanup, is_impure
+from deos_dsl.passes.cleanup import cleanup
 from deos_dsl.passes.discretise import discretise
-from deos_dsl.passes.insert_scores import META_SDPA, insert_scores
 from deos_dsl.passes.verify import verify
+from deos_dsl.pipeline import bind
 from relaxed_cases import bundled, fresh_block_map, space_from
 
 QWEN = "hf:Qwen2Model"
@@ -28,9 +28,8 @@ QWEN = "hf:Qwen2Model"
 
 def emit(block_map, space: ir.Space):
     """Bind, score, discretise, clean up and verify; returns (plans, lengths, removed nodes)."""
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    plans, calls = discretise(space, block_map, sites, scores)
+    bound = bind(space, block_map)
+    plans, calls = discretise(block_map, bound.sites, bound.scores, bound.modules)
     removed = cleanup(block_map.graph_module)
     return plans, verify(block_map.traced, calls, plans), removed
 
@@ -42,10 +41,9 @@ def emit(block_map, space: ir.Space):
                                                       ("module:compiler_models:fixed_length", "tome.deos", "tome")])
 def test_static_length_exports_are_refused(name: str, file: str, space: str):
     block_map = fresh_block_map(name)
-    sites = bind_sites(bundled(file, space), block_map)
-    scores = insert_scores(bundled(file, space), block_map, sites)
+    bound = bind(bundled(file, space), block_map)
     with pytest.raises(DeosCompileError, match="STATIC sequence length") as caught:
-        discretise(bundled(file, space), block_map, sites, scores)
+        discretise(block_map, bound.sites, bound.scores, bound.modules)
     assert "symbolic_trace" in caught.value.hint
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from compiler_models import loaded, tensors
 from deos_dsl.cli import EXIT_DIAGNOSTICS, EXIT_OK, main
-from deos_dsl.compiler.emit import ARTIFACTS, Emitted, compile_emitted, unsafe_payloads, write_artifacts
+from deos_dsl.pipeline import ARTIFACTS, Emitted, compile_emitted, unsafe_payloads, write_artifacts
 from relaxed_cases import SPACES, bundled
 
 REPO = Path(__file__).resolve().parents[2]

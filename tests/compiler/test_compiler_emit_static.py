@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_compiler_emit import run_cli, run_without_deos
 
 from compiler_models import fixed_length, loaded, tensors
 from deos_dsl.cli import EXIT_OK
-from deos_dsl.compiler.emit import Emitted, compile_emitted, unsafe_payloads
-from deos_dsl.compiler.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
+from deos_dsl.pipeline import Emitted, compile_emitted, unsafe_payloads
 from relaxed_cases import SPACES, bundled, space_from
-from test_compiler_emit import run_cli, run_without_deos
 
 CLIP, LLAVA = "hf:CLIPVisionModel", "hf:LlavaForConditionalGeneration"
 CONTAINER = "torch.export (stack container `{}` on its input, dynamic length)"

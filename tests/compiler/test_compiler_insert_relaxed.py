@@ -13,7 +13,7 @@ import torch
 from compiler_models import CASES, tensors
 from deos_dsl.compiler.graph_edit import sdpa_argument, sdpa_nodes
 from deos_dsl.compiler.masking import key_mask
-from deos_dsl.passes.insert_relaxed import PREFIX
+from deos_dsl.compiler.sites import RELAXED_PREFIX as PREFIX
 from relaxed_cases import DECODER, DECODERS, VISION, Relaxed, relax, space_from
 
 

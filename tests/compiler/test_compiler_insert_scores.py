@@ -12,8 +12,9 @@ from torch import fx
 
 from compiler_models import loaded, tensors
 from deos_dsl.compiler.graph_edit import sdpa_argument
+from deos_dsl.compiler.sites import META_SDPA
 from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.insert_scores import META_SDPA, InsertScores
+from deos_dsl.passes.insert_scores import InsertScores
 from relaxed_cases import DECODER, fresh_block_map, space_from
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deos_dsl.compiler.errors import DeosCompileError
 from deos_dsl.compiler.hard_site import plan_site
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.errors import DeosCompileError
 from relaxed_cases import bundled, space_from
 
 SPAN = (2, 18)

@@ -10,10 +10,10 @@ import pytest
 import sympy
 
 from cost_cases import PerNode, bundled, counted, loaded, placeholders
-from deos_dsl.compiler.emit import compile_emitted
-from deos_dsl.cost import SitePoint, cost_space
+from deos_dsl.cost import SitePoint
 from deos_dsl.cost.propagate import graph_costs
 from deos_dsl.frontend import ir, load_spaces
+from deos_dsl.pipeline import compile_emitted, cost_space
 
 FASTV = """import "{spaces}/common.deos"
 space fastv_r extends baseline {{

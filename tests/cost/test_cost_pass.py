@@ -8,10 +8,11 @@ import torch
 
 from cost_cases import bundled, loaded
 from deos_dsl.compiler import build_block_map, trace
+from deos_dsl.compiler.sites import META_SCORE
 from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.passes.attach_cost import META_COST, OUTSIDE, AttachCost, attach_cost
 from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.insert_scores import META_SCORE, insert_scores
+from deos_dsl.passes.insert_scores import insert_scores
 
 
 @pytest.mark.parametrize("name", ["embedded", "hf:Qwen2Model"])

@@ -9,11 +9,7 @@ import sympy
 import torch
 
 from cost_cases import bundled, loaded
-from deos_dsl.compiler import build_block_map, trace
-from deos_dsl.cost import cost_space, search_flops
-from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.insert_relaxed import insert_relaxed
-from deos_dsl.passes.insert_scores import insert_scores
+from deos_dsl.pipeline import bind_model, cost_space, relax, search_flops
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +63,9 @@ def test_search_flops_on_a_relaxed_graph(pyramid):
     cost, schedule = pyramid
     model = loaded("embedded")
     space = bundled("pyramiddrop.deos", "pyramiddrop")
-    block_map = build_block_map(trace(model.model, model.args, model.kwargs), model.roles, model.spans)
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    insert_relaxed(space, block_map, sites, scores)
-    function = search_flops(block_map, sites, scores)
+    bound = bind_model(space, model)
+    relax(bound)
+    function = search_flops(bound)
     leaving = {name: torch.tensor(float(point.leaving), dtype=torch.float64) for name, point in schedule.items()}
     assert function.dense == cost.dense_flops()
     assert function(leaving).item() == pytest.approx(cost.torch_function()(leaving).item(), rel=1e-12)

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from deos_dsl.embedded import (WeightsError, default_weights_path, evaluate, fixed_eval_batch,
-                               load_default_model, load_model, majority_baseline)
+from deos_dsl.embedded import default_weights_path, evaluate, fixed_eval_batch, load_default_model, load_model, majority_baseline
 from deos_dsl.embedded.loading import load_metadata
+from deos_dsl.errors import WeightsError
 
 # The shipped model answers `relation` questions at chance (documented in docs/embedded.md).
 LEARNED_FAMILIES = ("count", "attribute", "exist", "compare")

@@ -2,7 +2,7 @@
 
 ```deos            -> a complete file that parses and validates
 ```deos parse-only -> parses (e.g. imports a file that the docs do not ship)
-```deos error      -> must be rejected with DeosError
+```deos error      -> must be rejected with SpaceError
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deos_dsl.frontend.api import format_text, loads, parse
-from deos_dsl.frontend.diagnostics import DeosError
+from deos_dsl.errors import SpaceError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "language.md"
@@ -45,7 +45,7 @@ def test_docs_have_an_example_per_construct():
 def test_doc_example(mode: str, body: str, line: int):
     if mode == "error":
         parse(body)  # the rejection is semantic, not a typo in the example
-        with pytest.raises(DeosError):
+        with pytest.raises(SpaceError):
             loads(body, f"docs-line-{line}.deos")
         return
     parse(body)

@@ -1,6 +1,6 @@
 """Grammar fuzzing: programs generated from deos.lark never crash the front end.
 
-Every generated program either resolves to valid IR or fails with `DeosError` (never another
+Every generated program either resolves to valid IR or fails with `SpaceError` (never another
 exception); every generated program that parses also formats back to the same IR.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 from deos_dsl.frontend.api import loads, parse
-from deos_dsl.frontend.diagnostics import DeosError
+from deos_dsl.errors import SpaceError
 from deos_dsl.frontend.formatter import format_module
 from deos_dsl.frontend.parser import grammar
 
@@ -27,7 +27,7 @@ FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 def test_generated_programs_give_ir_or_our_error(tmp_path: Path, text: str) -> None:
     try:
         spaces = loads(text, str(tmp_path / "fuzz.deos"))
-    except DeosError as error:
+    except SpaceError as error:
         assert error.diagnostics and all(d.line >= 1 and d.col >= 1 for d in error.diagnostics)
     else:
         assert all(space.parent is None and space.defaults is None for space in spaces)
@@ -40,7 +40,7 @@ def test_generated_programs_give_ir_or_our_error(tmp_path: Path, text: str) -> N
 def test_generated_programs_round_trip_through_the_formatter(text: str) -> None:
     try:
         module = parse(text)
-    except DeosError:
+    except SpaceError:
         return
     formatted = format_module(module)
     assert parse(formatted) == module
@@ -52,5 +52,5 @@ def test_generated_programs_round_trip_through_the_formatter(text: str) -> None:
 def test_arbitrary_text_gives_ir_or_our_error(text: str) -> None:
     try:
         loads(text)
-    except DeosError as error:
+    except SpaceError as error:
         assert error.diagnostics

@@ -8,7 +8,7 @@ import pytest
 
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import format_text, loads, parse
-from deos_dsl.frontend.diagnostics import DeosError, Diagnostic
+from deos_dsl.errors import Diagnostic, SpaceError
 from deos_dsl.frontend.formatter import format_module
 from deos_dsl.frontend.regime import regime
 from deos_dsl.frontend.render import diagnostic_text
@@ -114,7 +114,7 @@ def test_json_schema_and_round_trip_with_infinity():
 
 
 def test_syntax_error_is_one_positioned_diagnostic():
-    with pytest.raises(DeosError) as caught:
+    with pytest.raises(SpaceError) as caught:
         parse("space s {\n  site projector {\n    retian: 50%\n  }\n}\n", "f.deos")
     (diag,) = caught.value.diagnostics
     assert (diag.file, diag.line, diag.col) == ("f.deos", 3, 5)
@@ -143,5 +143,5 @@ def test_import_is_resolved_relative_to_the_importing_file(tmp_path):
 
 @pytest.mark.parametrize("text", ["const x = " + "2 ^ " * 1500 + "1", "const x = " + "-" * 1500 + "1", "const x = " + "+".join(["1"] * 1500)])
 def test_deep_nesting_is_our_error_not_a_crash(text: str):
-    with pytest.raises(DeosError, match="nested too deeply"):
+    with pytest.raises(SpaceError, match="nested too deeply"):
         loads(text)

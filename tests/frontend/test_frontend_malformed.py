@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deos_dsl.frontend.api import check, load_spaces
-from deos_dsl.frontend.diagnostics import DeosError
+from deos_dsl.errors import SpaceError
 
 CORPUS = Path(__file__).parent / "malformed"
 FILES = sorted(CORPUS.glob("*.deos"))
@@ -46,7 +46,7 @@ def test_malformed_file_reports_expected_positions(path: Path):
                 and (text in d.message or text in (d.hint or ""))]
         assert hits, f"missing {file}:{line}:{col}: {text!r}; got {[str(d) for d in diagnostics]}"
         assert all(d.source_line is not None for d in hits), "diagnostics carry their source line"
-    with pytest.raises(DeosError):
+    with pytest.raises(SpaceError):
         load_spaces(path)
 
 

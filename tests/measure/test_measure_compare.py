@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from deos_dsl.compiler.emit import compile_emitted
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.evaluate import accuracy_per_family
 from deos_dsl.embedded.vqa import fixed_eval_batch
 from deos_dsl.frontend import load_spaces
 from deos_dsl.measure import Comparison, compare, comparison_markdown
+from deos_dsl.pipeline import compile_emitted
 from deos_dsl.search.validate import predictions
 
 FASTV = Path(__file__).resolve().parents[2] / "spaces" / "fastv.deos"

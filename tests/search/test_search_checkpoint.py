@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deos_dsl.errors import SearchError
 from deos_dsl.search.checkpoint import CHECKPOINT, load_checkpoint
-from deos_dsl.search.errors import SearchError
 from deos_dsl.search.log import read_log
 from deos_dsl.search.loop import Options, Outcome, Search, search
 from search_cases import load_space, write_space

@@ -13,9 +13,9 @@ import torch
 from rich.console import Console
 
 from deos_dsl import cli
-from deos_dsl.compiler.emit import compile_emitted
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.vqa import fixed_eval_batch
+from deos_dsl.pipeline import compile_emitted
 from deos_dsl.search.graph import build_search_graph, installed
 from deos_dsl.search.result import read_run, read_schedule
 from deos_dsl.search.validate import discrete_modules

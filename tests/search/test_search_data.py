@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.errors import SearchError
 from deos_dsl.search.data import DataSpec, check_model, parse_data
-from deos_dsl.search.errors import SearchError
 
 
 def test_specs_parse_and_bad_ones_are_clear_errors():

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from deos_dsl.compiler.hard_site import plan_site
 from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
 from deos_dsl.search.constraints import Constraints, FlowSite, Limit, TokenFlow
 from deos_dsl.search.discretise import Discretiser, allowed_keeps, corner_name, snap_value
-from deos_dsl.search.errors import SearchError
 
 N, LAYERS = 48, 4
 CHAIN = "decoder.layers"

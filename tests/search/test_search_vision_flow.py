@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deos_dsl.compiler.blocks import build_block_map
-from deos_dsl.compiler.emit import compile_emitted
 from deos_dsl.compiler.models import resolve_model
-from deos_dsl.compiler.trace import trace
 from deos_dsl.frontend import ir, load_spaces
-from deos_dsl.passes.bind_sites import bind_sites
-from deos_dsl.passes.insert_relaxed import site_module
-from deos_dsl.passes.insert_scores import insert_scores
+from deos_dsl.pipeline import bind_model, compile_emitted
 from deos_dsl.search.constraints import FlowSite, TokenFlow, discrete_leaving, expected_leaving
 from deos_dsl.search.discretise import allowed_keeps, site_retains
 from deos_dsl.search.graph import TRACERS, build_search_graph
@@ -39,10 +34,8 @@ def discrete_flow(space: ir.Space) -> tuple[TokenFlow, dict[str, tuple[int, int]
     """The token flow of a fixed `space` on the embedded model and its discrete counts (passes
     1-2 only: EViT's fused token has no relaxed graph)."""
     loaded = resolve_model("embedded")
-    block_map = build_block_map(trace(loaded.model, loaded.args, loaded.kwargs, tracers=TRACERS), loaded.roles, loaded.spans)
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    modules = {site.name: site_module(space, site, scores[site.name]) for site in sites}
+    bound = bind_model(space, loaded, TRACERS)
+    block_map, sites, scores, modules = bound.block_map, bound.sites, bound.scores, bound.modules
     retains = site_retains(space, sites)
 
     def leave(site: FlowSite, entering: int) -> int:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from deos_dsl.compiler.emit import compile_emitted
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.errors import StudyError
 from deos_dsl.frontend import ir, load_spaces
-from deos_dsl.study.errors import StudyError
-from deos_dsl.study.fit import Fitted, bind, cut_site, fit_baseline, fixed_tokens_mean, is_baseline, scaled_sites
+from deos_dsl.pipeline import compile_emitted
+from deos_dsl.study.fit import Fitted, cut_site, fit_baseline, fixed_tokens_mean, is_baseline, scaled_sites, structure
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 FILES = ("fastv", "sparsevlm", "pyramiddrop", "reweight", "pool2x2", "tome", "evit", "visionzip")
@@ -72,7 +72,7 @@ def emitted_tokens_mean(space: ir.Space) -> float:
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_each_fit_is_within_the_budget_and_maximal(name: str, fits: dict) -> None:
     space, loaded = BASELINES[name], resolve_model("embedded")
-    own = bind(space, loaded)
+    own = structure(space, loaded)
     assert scaled_sites(space, 1.0) == space.sites  # scale 1 is the baseline itself, and so is its rewrite
     assert own.tokens_mean(scaled_sites(space, 1.0 + 1e-12)) == own.tokens_mean(space.sites)
     unscaled = scaled_sites(space, 0.0) == space.sites
@@ -90,7 +90,7 @@ def test_each_fit_is_within_the_budget_and_maximal(name: str, fits: dict) -> Non
             continue
         assert own.tokens_mean(scaled_sites(space, 1e3)) > budget  # scaling alone cannot reach it
         assert fitted.space.sites[1:] == space.sites and fitted.describe().endswith(f"cut to {fitted.cut} tokens")
-        with_cut = with_cut or bind(fitted.space, loaded)  # one structure for every cut count
+        with_cut = with_cut or structure(fitted.space, loaded)  # one structure for every cut count
         assert with_cut.tokens_mean(fitted.space.sites) == fitted.tokens_mean
         assert with_cut.tokens_mean([cut_site(fitted.cut + 1), *space.sites]) > budget
 

@@ -14,9 +14,10 @@ from deos_dsl.cli import main
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.evaluate import evaluate
 from deos_dsl.embedded.vqa import FAMILIES, fixed_eval_batch
+from deos_dsl.errors import StudyError
 from deos_dsl.frontend import load_spaces
 from deos_dsl.search.loop import Options
-from deos_dsl.study import StudyError, StudyPlan, run_study, study_spaces
+from deos_dsl.study import StudyPlan, run_study, study_spaces
 from deos_dsl.study.run import search_dir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,9 +1,10 @@
 """Emit a space on a model: the discretised graph as a `torch.export` `.pt2`, its Python code and a plan.
 
-`compile_emitted(space, loaded)` runs the whole pipeline: trace, bind_sites, insert_scores,
-discretise (each site's decision from its IR: `activate` on -> gate on, `retain` -> keep count;
-learned parameters at their init until a search result exists, or a search's discrete
-schedule: `settings`), cleanup, verify. Where export fixed the sequence length (see
+`compile_emitted(space, loaded)` runs the compile pipeline (`deos_dsl.pipeline.compile`): trace,
+the block map, `bind` (bind_sites, insert_scores, site modules), `discretise` (discretise, cleanup, verify;
+each site's decision from its IR: `activate` on -> gate on, `retain` -> keep count; learned
+parameters at their init until a search result exists, or a search's discrete schedule:
+`settings`). Where export fixed the sequence length (see
 `passes/discretise.py`), in this order:
 1. the model is re-traced with `torch.fx.symbolic_trace` when that works (the embedded model);
 2. else, when active sites sit on a stack of fixed length, that stack's container (or its
@@ -40,27 +41,23 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
+from deos_dsl.compiler.blocks import BlockMap, Stack, build_block_map
+from deos_dsl.compiler.errors import UntraceableModelError
+from deos_dsl.compiler.hard_site import SitePlan
+from deos_dsl.compiler.image_tokens import compact_image_tokens
+from deos_dsl.compiler.models import LoadedModel
+from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
+from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
-from .blocks import BlockMap, Stack, build_block_map
-from .errors import DeosCompileError, UntraceableModelError
-from .hard_site import SitePlan, plan_site
-from .image_tokens import compact_image_tokens
-from .models import LoadedModel
-from .stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
-from .trace import EXPORT, SYMBOLIC, TracedModel, trace
-
-if TYPE_CHECKING:  # the passes import the compiler: imported where they run
-    from deos_dsl.passes.bind_sites import BoundSite
-    from deos_dsl.passes.insert_scores import SiteScores
-
-    from .site_module import SiteModule
+from .compile import Bound, bind, bind_traced, discretise
 
 ARTIFACTS = ("model.pt2", "model.py", "plan.json")
 
@@ -108,53 +105,6 @@ def _trace_for_emit(loaded: LoadedModel) -> TracedModel:
     return traced
 
 
-@dataclass
-class _Sites:
-    """The block map of one graph, its bound sites, their scores and site modules, and the
-    stacks whose length the trace fixed (`fixed_lengths`)."""
-
-    block_map: BlockMap
-    sites: list[BoundSite]
-    scores: dict[str, SiteScores]
-    modules: dict[str, SiteModule]
-    fixed: set[str]
-
-    def plans(self) -> dict[str, SitePlan]:
-        """Each site's discrete decision (its span before any other site)."""
-        return {site.name: plan_site(site.name, self.modules[site.name], self.scores[site.name].span)
-                for site in self.sites}
-
-    def active(self) -> set[str]:
-        """The sites whose gate is on."""
-        return {name for name, plan in self.plans().items() if plan.active}
-
-
-def _bind(space: ir.Space, traced: TracedModel, roles: dict[str, str], spans: dict[str, tuple[int, int]],
-          settings: dict[str, ir.SiteSettings] | None) -> _Sites:
-    """Passes 1-2 on `traced` and each site's module (from `settings` where given)."""
-    from deos_dsl.passes.bind_sites import bind_sites
-    from deos_dsl.passes.insert_relaxed import site_module
-    from deos_dsl.passes.insert_scores import insert_scores
-
-    block_map = build_block_map(traced, roles, spans)
-    fixed = fixed_lengths(block_map)
-    sites = bind_sites(space, block_map)
-    scores = insert_scores(space, block_map, sites)
-    modules = {site.name: site_module(space, site, scores[site.name], (settings or {}).get(site.name)) for site in sites}
-    return _Sites(block_map, sites, scores, modules, fixed)
-
-
-def _discretise(space: ir.Space, bound: _Sites) -> tuple[dict[str, SitePlan], dict[str, tuple[int, int]]]:
-    """Passes 4-6 on the bound graph; returns the plans and each active site's (N_in, N_out)."""
-    from deos_dsl.passes.cleanup import cleanup
-    from deos_dsl.passes.discretise import discretise
-    from deos_dsl.passes.verify import verify
-
-    plans, calls = discretise(space, bound.block_map, bound.sites, bound.scores, bound.modules)
-    cleanup(bound.block_map.graph_module)
-    return plans, verify(bound.block_map.traced, calls, plans)
-
-
 def _whole_model(retraced: Retraced, whole: BlockMap, stack: Stack) -> nn.Module:
     """The user's model running the reduced stack; fewer image placeholders when a vision
     stack or the projector feeds a decoder."""
@@ -164,7 +114,7 @@ def _whole_model(retraced: Retraced, whole: BlockMap, stack: Stack) -> nn.Module
     return reduced
 
 
-def _refuse_crossing_sizes(bound: _Sites) -> None:
+def _refuse_crossing_sizes(bound: Bound) -> None:
     """A proportional projector site's sizes and `log size` bias cross into the decoder (as in
     the relaxed graph); the projector re-trace emits the projector alone, so it refuses them."""
     crossing = [name for name, plan in bound.plans().items() if plan.active and plan.proportional]
@@ -177,17 +127,19 @@ def _refuse_crossing_sizes(bound: _Sites) -> None:
 def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None = None) -> Emitted:
     """Run the emit pipeline (module docstring); `settings[site name]` replaces the space's
     settings of that bound site (a searched schedule: fixed gate, keep count and regime).
-    Raises `DeosCompileError` / `DeosError`."""
+    Raises `DeosCompileError` / `SpaceError`."""
     traced = _trace_for_emit(loaded)
-    bound = _bind(space, traced, loaded.roles, loaded.spans, settings)
-    stack = static_stack(bound.block_map, bound.sites, bound.active(), bound.fixed)
+    block_map = build_block_map(traced, loaded.roles, loaded.spans)
+    fixed = fixed_lengths(block_map)  # before any pass: fake-tensor propagation may specialise a length
+    bound = bind(space, block_map, settings)
+    stack = static_stack(block_map, bound.sites, bound.active(), fixed)
     if stack is None:
-        plans, lengths = _discretise(space, bound)
+        plans, lengths = discretise(bound)
         return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs)
     if stack.role == "projector" and bound.block_map.stack("decoder") is not None:
         _refuse_crossing_sizes(bound)
     retraced = retrace_stack(bound.block_map, stack)
-    plans, lengths = _discretise(space, _bind(space, retraced.traced, retraced.roles, retraced.spans, settings))
+    plans, lengths = discretise(bind_traced(space, retraced.traced, retraced.roles, retraced.spans, settings))
     return Emitted(loaded.name, space.name, retraced.traced, plans, lengths,
                    _whole_model(retraced, bound.block_map, stack), traced.args, traced.kwargs)
 

@@ -29,14 +29,14 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import fx
 
-from deos_dsl.compiler.blocks import Block
-from deos_dsl.compiler.graph_edit import insert_after, insert_before
-from deos_dsl.compiler.masking import gather_mask
-from deos_dsl.compiler.token_flow import Joined, Same, Sliced, TokenFlow
-from deos_dsl.compiler.token_index import gather_side, join_index, join_values, slice_index
 from deos_dsl.ops import gather_tokens
 
-from .insert_scores import META_SDPA
+from .blocks import Block
+from .graph_edit import insert_after, insert_before
+from .masking import gather_mask
+from .sites import META_SDPA
+from .token_flow import Joined, Same, Sliced, TokenFlow
+from .token_index import gather_side, join_index, join_values, slice_index
 
 META_REBIND = "deos_rebind"
 

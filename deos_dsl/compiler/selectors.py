@@ -1,0 +1,131 @@
+"""Site selectors -> the blocks they match (what pass 1, bind_sites, binds; also the block of a
+`tokens.after(...)` constraint).
+
+Role selectors index the block lists of the block map (`decoder.layers[2]`, `[-1]`,
+`[2:16:2]`, `[25%]` = layer floor(25/100 * L), `[100%]` = the last layer, `[*]`,
+`projector`); module selectors glob over block paths (`*` one path segment, `**` any number,
+`?` one character). A selector that matches nothing is a positioned `Diagnostic` with a
+did-you-mean hint from the model's real roles and paths.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from deos_dsl.errors import Diagnostic, SpaceError
+from deos_dsl.frontend import ir
+from deos_dsl.frontend.diagnostics import suggest, with_sources
+
+from .blocks import Block, BlockMap
+
+
+def layer_index(num: ir.Num, length: int) -> int:
+    """A point: an integer (negative from the end) or `p%` = floor(p/100 * L), 100% = last."""
+    if num.unit == "%":
+        return min(math.floor(num.value / 100 * length), length - 1)
+    value = int(num.value)
+    return value + length if value < 0 else value
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` = one dotted segment, `**` = any number of segments, `?` = one character."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    table = {"**": r".*", "*": r"[^.]+", "?": r"[^.]"}
+    return re.compile("".join(table.get(part, re.escape(part)) for part in parts) + r"\Z")
+
+
+def select(selector: ir.Selector, block_map: BlockMap, diagnostics: list[Diagnostic]) -> list[Block]:
+    """The blocks `selector` matches, in block order, each once; appends a diagnostic (and
+    returns []) where it matches nothing."""
+    if isinstance(selector, ir.ModuleSelector):
+        return _select_module(selector, block_map, diagnostics)
+    lists = block_map.role_lists()
+    path = ".".join(selector.path)
+    if path not in lists:
+        known = ", ".join(f"`{name}`" for name in lists) or "none"
+        hint = suggest(path, lists) or f"this model's block lists: {known}"
+        _error(diagnostics, selector, f"the model has no `{path}` (no {selector.role} blocks were found)", hint)
+        return []
+    blocks = lists[path]
+    if selector.index is None or selector.index.every:
+        return list(blocks)
+    chosen: list[Block] = []
+    for item in selector.index.items:
+        chosen += _select_item(item, path, blocks, diagnostics)
+    return list({block.path: block for block in chosen}.values())
+
+
+def raise_diagnostics(diagnostics: list[Diagnostic]) -> None:
+    """Raise them as one `SpaceError` (with their source lines), if there are any."""
+    if diagnostics:
+        raise SpaceError(with_sources(diagnostics, _sources(diagnostics)))
+
+
+def select_blocks(selector: ir.Selector, block_map: BlockMap) -> list[Block]:
+    """`select`, raising `SpaceError` for a selector matching nothing."""
+    diagnostics: list[Diagnostic] = []
+    blocks = select(selector, block_map, diagnostics)
+    raise_diagnostics(diagnostics)
+    return blocks
+
+
+def _error(diagnostics: list[Diagnostic], node: ir.Node, message: str, hint: str | None = None) -> None:
+    span = node.span  # None for spaces built in code: reported at <space>:1:1
+    if span is None:
+        diagnostics.append(Diagnostic("<space>", 1, 1, message, hint=hint))
+    else:
+        diagnostics.append(Diagnostic(span.file, span.line, span.col, message, span.end_line, span.end_col, hint=hint))
+
+
+def _slice_bound(num: ir.Expr | None, length: int) -> int | None:
+    if num is None:
+        return None
+    assert isinstance(num, ir.Num)
+    return math.floor(num.value / 100 * length) if num.unit == "%" else int(num.value)
+
+
+def _select_item(item: ir.IndexItem, path: str, blocks: list[Block], diagnostics: list[Diagnostic]) -> list[Block]:
+    length = len(blocks)
+    if isinstance(item, ir.Point):
+        assert isinstance(item.at, ir.Num)
+        index = layer_index(item.at, length)
+        if 0 <= index < length:
+            return [blocks[index]]
+        _error(diagnostics, item, f"layer index {item.at.value:g} is out of range for `{path}` "
+               f"({length} layers: 0..{length - 1})", f"use an index in [-{length}, {length - 1}] or a depth percent")
+        return []
+    step = _slice_bound(item.step, length)
+    chosen = blocks[_slice_bound(item.start, length):_slice_bound(item.stop, length):step]
+    if not chosen:
+        _error(diagnostics, item, f"the slice selects no layer of `{path}` ({length} layers)")
+    return chosen
+
+
+def _select_module(selector: ir.ModuleSelector, block_map: BlockMap, diagnostics: list[Diagnostic]) -> list[Block]:
+    blocks = block_map.blocks()
+    regex = glob_regex(selector.pattern)
+    chosen = [block for block in blocks if regex.match(block.path)]
+    if chosen:
+        return chosen
+    stacks = " or ".join(f"`{s.prefix}.*`" for s in block_map.stacks)
+    modules = [path for path in block_map.module_paths if regex.match(path)]
+    if modules:
+        _error(diagnostics, selector, f"module path `{selector.pattern}` matches {len(modules)} module(s) "
+               f"(e.g. `{modules[0]}`) but no block: sites sit at block outputs", f"blocks are {stacks}")
+    else:
+        hint = suggest(selector.pattern, [block.path for block in blocks])
+        _error(diagnostics, selector, f"module path `{selector.pattern}` matches no block of the model",
+               hint or f"blocks are {stacks}")
+    return chosen
+
+
+def _sources(diagnostics: list[Diagnostic]) -> dict[str, str]:
+    sources = {}
+    for file in {d.file for d in diagnostics}:
+        try:
+            sources[file] = Path(file).read_text(encoding="utf-8")
+        except OSError:
+            continue
+    return sources

@@ -1,0 +1,17 @@
+"""deos_dsl.pipeline: the passes in their order (`compile`), and what runs them: emitting a
+space on a model (`emit`: model.pt2, model.py, plan.json) and its symbolic cost (`cost`).
+
+>>> bound = bind_model(space, resolve_model("hf:Qwen2Model"))   # passes 1-2, site modules
+>>> plans, lengths = discretise(bound)                          # passes 4-6
+>>> emitted = compile_emitted(space, resolve_model("embedded"))  # the whole emit route
+>>> cost, schedule = cost_space(space, resolve_model("hf:Qwen2Model"))
+"""
+
+from .compile import Bound, attach_cost, bind, bind_model, bind_traced, discretise, relax
+from .cost import cost_space, search_flops
+from .emit import ARTIFACTS, Emitted, compile_emitted, export_program, unsafe_payloads, write_artifacts
+
+__all__ = [
+    "ARTIFACTS", "Bound", "Emitted", "attach_cost", "bind", "bind_model", "bind_traced", "compile_emitted", "cost_space",
+    "discretise", "export_program", "relax", "search_flops", "unsafe_payloads", "write_artifacts",
+]

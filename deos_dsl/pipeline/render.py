@@ -1,0 +1,18 @@
+"""What `deos emit` prints of an emitted model: one line per site, then the files written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .emit import Emitted
+
+
+def emitted_lines(emitted: Emitted, paths: list[Path]) -> list[str]:
+    """`site NAME: keeps K/N reducible, tokens IN -> OUT` (or `off`) per site, then `wrote ...`."""
+    lines = []
+    for name, plan in emitted.plans.items():
+        n_in, n_out = emitted.lengths.get(name, ("-", "-"))
+        extra = f" + {plan.extra} extra" if plan.extra else ""
+        state = f"keeps {plan.keep}/{plan.entering} reducible{extra}, tokens {n_in} -> {n_out}" if plan.active else "off"
+        lines.append(f"site {name}: {state}")
+    return [*lines, f"wrote {', '.join(str(p) for p in paths)}"]
