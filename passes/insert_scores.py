@@ -1,12 +1,14 @@
 """Pass 2: insert the importance score (and affinity features) of every bound site.
 
-Per site (its `score` setting, `deos_dsl.compiler.site_scores`):
-- `attention(query: last | cls | text)`: ONE recomputed query row from the q and k feeding the
-  block's (last) attention node, post-RoPE `[B, H, N, dh]`, with that node's mask, causality
-  and scale; the node is inserted right after the attention node;
-- `norm`, `similarity(to: text | tokens)`, `position`: computed on the block's output stream
-  (`position` needs a span of square size: a `DeosCompileError` otherwise);
-- `learned`: nothing here (the site module owns the scorer).
+Per site, by what its `score` is in the table `deos_dsl.frontend.vocab.SCORES` (kernels in
+`deos_dsl.compiler.site_scores`):
+- an `attention` score (`attention(query: last | cls | text)`): ONE recomputed query row from
+  the q and k feeding the block's (last) attention node, post-RoPE `[B, H, N, dh]`, with that
+  node's mask, causality and scale; the node is inserted right after the attention node;
+- a `learned` score: nothing here (the site module owns the scorer);
+- any other (`norm`, `similarity(to: text | tokens)`, `position`): its stream kernel on the
+  block's output stream (a `grid` score needs a span of square size: a `DeosCompileError`
+  otherwise).
 `affinity: keys` also inserts the head-mean keys of the block's attention as features (a block
 without attention, e.g. the projector, uses its hidden states as `affinity: hidden` does).
 
@@ -30,12 +32,7 @@ from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
-
-
-def _stream_kind(score: ir.Score) -> str:
-    if isinstance(score, ir.ScoreSimilarity):
-        return score.to
-    return score.kind
+from deos_dsl.frontend.vocab import SCORES
 
 
 class InsertScores(PassBase):
@@ -56,7 +53,7 @@ class InsertScores(PassBase):
         for site in self.sites:
             settings = self.space.sites[site.site_index]
             span = reducible_span(self.space, self.block_map, site.block)
-            attention = self._attention(site, required=isinstance(settings.score, ir.ScoreAttention))
+            attention = self._attention(site, required=SCORES[settings.score.kind].attention)
             features = None
             if settings.operator.affinity == "keys" and attention is not None:
                 features = insert_after(attention, mean_keys, (sdpa_argument(attention, "key"),))
@@ -86,20 +83,22 @@ class InsertScores(PassBase):
 
     def _score(self, site: BoundSite, score: ir.Score, span: tuple[int, int], attention: fx.Node | None,
                features: fx.Node | None) -> fx.Node | None:
-        if isinstance(score, ir.ScoreAttention):
+        spec = SCORES[score.kind]
+        if spec.attention:
             assert attention is not None
             args = tuple(sdpa_argument(attention, name) for name in ("query", "key", "attn_mask", "is_causal", "scale"))
-            node = insert_after(features or attention, query_attention, (*args, score.query), {"span": span})
+            node = insert_after(features or attention, query_attention, (*args, score.option), {"span": span})
             node.meta[META_SDPA] = attention
             return node
-        if isinstance(score, ir.ScoreSignal) and score.kind == "learned":
+        if spec.learned:
             return None
-        if _stream_kind(score) == "position" and grid_side(span) is None:
-            raise DeosCompileError(f"site `{site.name}`: score `position` needs a square grid of reducible tokens, but "
+        if spec.grid and grid_side(span) is None:
+            raise DeosCompileError(f"site `{site.name}`: score `{score.kind}` needs a square grid of reducible tokens, but "
                                    f"its span {span[0]}..{span[1]} holds {span[1] - span[0]}",
-                                   "use `score: position` on a square patch grid")
+                                   f"use `score: {score.kind}` on a square patch grid")
         # features come from the block's attention, which precedes the block output
-        return insert_after(site.node, stream_score, (site.node, _stream_kind(score)), {"span": span, "features": features})
+        return insert_after(site.node, stream_score, (site.node, score.kind, score.option),
+                            {"span": span, "features": features})
 
 
 def insert_scores(space: ir.Space, block_map: BlockMap, sites: list[BoundSite]) -> dict[str, SiteScores]:

@@ -1,15 +1,14 @@
-"""deos_dsl.compiler: the compiler front end (tracing), the block map and the model registry.
+"""deos_dsl.compiler: tracing, the block map, the model registry, and what the passes work with.
 
 >>> loaded = resolve_model("embedded")
 >>> traced = trace(loaded.model, loaded.args, loaded.kwargs)     # torch.export, else fx
 >>> block_map = build_block_map(traced, loaded.roles, loaded.spans)
->>> from deos_dsl.passes.bind_sites import bind_sites             # pass 1 (torch.fx PassBase)
 
-Then, each a torch.fx PassBase in `deos_dsl.passes`: insert_scores (2), insert_relaxed (3, the
-search graph with `site_module.SiteModule`s), or discretise (4, hard sites, sequence re-binding),
-cleanup (5) and verify (6); `emit.compile_emitted` / `emit.write_artifacts` run 1, 2, 4-6 and
-write model.pt2, model.py and plan.json (`deos emit`; a stack whose length export fixed is
-re-traced alone by `stack_retrace`, its image tokens shrunk by `image_tokens`).
+The passes (`deos_dsl.passes`, each a torch.fx PassBase) share the data types of `sites`
+(`BoundSite`, `SiteScores`, the meta keys, the site-module factory) and edit graphs with
+`graph_edit`, `rebind`, `token_flow`, `site_module` / `hard_site`; `deos_dsl.pipeline` runs
+them in order (a stack whose length export fixed is re-traced alone by `stack_retrace`, its
+image tokens shrunk by `image_tokens`).
 """
 
 from .blocks import Block, BlockMap, SideTensor, Stack, build_block_map

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from deos_dsl.ops import Regime, keep_count, reduce_tokens
 
-from .site_module import SiteModule
+from .site_module import GATE, KEEP, SiteModule
 from .site_transfer import bipartite_min_kept, transfer_inputs
 
 Span = tuple[int, int]
@@ -99,18 +99,18 @@ def plan_site(name: str, module: SiteModule, span: Span) -> SitePlan:
     """The plan of `module`'s site when `span` is the reducible span entering it."""
     with torch.no_grad():
         value = {key: stored_decimal(module.value(key)) for key in module.specs}
-    entering = span[1] - span[0]
+    entering, gate, kept = span[1] - span[0], value[GATE], value[KEEP]
     if module.count_mode == "keep":
-        keep = min(int(value["beta"]), entering)
+        keep = min(int(kept), entering)
     elif module.count_mode == "drop":
-        keep = max(entering - int(value["beta"]), 0)
+        keep = max(entering - int(kept), 0)
     else:
-        keep = keep_count(entering, min(max(value["beta"], 0.0), 1.0))
+        keep = keep_count(entering, min(max(kept, 0.0), 1.0))
     if module.bipartite:
         keep = max(keep, bipartite_min_kept(entering))
     theta = module.regime().theta
     extra = 1 if module.fuse else min(module.contextual, entering - keep)
-    return SitePlan(name, value["alpha"] > 0.5, value["alpha"], span, keep, value["gamma"], value["tau"],
+    return SitePlan(name, gate > 0.5, gate, span, keep, value["gamma"], value["tau"],
                     None if theta is None else value["theta"], value["rho"], value["nu"], module.proportional, module.locality,
                     module.bipartite, module.fuse, extra, module.recycle)
 

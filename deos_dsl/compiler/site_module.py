@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.regime import regime as regime_of
+from deos_dsl.frontend.vocab import SCORES
 from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce
 
 from .site_scores import grid_side
@@ -112,6 +113,7 @@ def keep_spec(retain: ir.Retain, n_reducible: int) -> tuple[ParamSpec, str | Non
     return ParamSpec("sigmoid", lo, hi, init, True), None
 
 
+GATE, KEEP = "alpha", "beta"  # the gate logit and the keep parameter, beside the regime's five
 REGIME_TRANSFORMS = {"gamma": "sigmoid", "nu": "sigmoid", "theta": "sigmoid", "tau": "exp", "rho": "softplus"}
 
 
@@ -153,7 +155,7 @@ class SiteModule(nn.Module):
         self.fuse, self.contextual, self.recycle = extra == 1, extra if extra > 1 else 0, recycle_share(op)
         n_reducible = span[1] - span[0]
         keep, self.count_mode = keep_spec(settings.retain, n_reducible)
-        self.specs: dict[str, ParamSpec] = {"alpha": gate_spec(settings.activate), "beta": keep}
+        self.specs: dict[str, ParamSpec] = {GATE: gate_spec(settings.activate), KEEP: keep}
         self.specs.update({key: regime_spec(key, param) for key, param in regime_of(op).items()})
         for key, spec in self.specs.items():
             raw = torch.tensor(spec.raw(), dtype=torch.float32)
@@ -163,10 +165,11 @@ class SiteModule(nn.Module):
                 self.register_buffer(key, raw)
         self.register_buffer("temperature", torch.tensor(1.0))
         self.gate_sample: Tensor | None = None
-        self.scorer = LearnedScorer(dim) if isinstance(settings.score, ir.ScoreSignal) and settings.score.kind == "learned" else None
+        score = SCORES[settings.score.kind]
+        self.scorer = LearnedScorer(dim) if score.learned else None
         self.proportional = bool(op.proportional)
         # ToMe's bipartite split: only the odd span offsets (set B) receive transfer
-        self.bipartite = isinstance(settings.score, ir.ScoreSimilarity) and settings.score.to == "tokens"
+        self.bipartite = settings.score.option in score.bipartite
         spatial = op.window is not None or op.width is not None
         self.locality = None if not spatial else (0.0 if op.window is not None else _number(op.width).value)
         self.register_buffer("positions", _grid_positions(span, op.window) if spatial else None)
@@ -174,6 +177,24 @@ class SiteModule(nn.Module):
     def value(self, key: str) -> Tensor:
         """The constrained value of parameter `key` (`alpha` -> gate p, `beta` -> keep c, regime names)."""
         return self.specs[key].value(getattr(self, key))
+
+    @property
+    def gate(self) -> Tensor:
+        """The activation probability p (1 / 0 for a fixed gate)."""
+        return self.value(GATE)
+
+    @property
+    def keep(self) -> Tensor:
+        """The keep ratio c (a token count for a fixed `K tokens` / `drop K tokens`: `count_mode`)."""
+        return self.value(KEEP)
+
+    @property
+    def gate_param(self) -> ParamSpec:
+        return self.specs[GATE]
+
+    @property
+    def keep_param(self) -> ParamSpec:
+        return self.specs[KEEP]
 
     def regime(self) -> Regime:
         theta = self.specs["theta"]
@@ -186,11 +207,11 @@ class SiteModule(nn.Module):
         """Kept share `[B]` of the span given the soft count of tokens `entering` it `[B]`."""
         n = self.span[1] - self.span[0]
         if self.count_mode == "keep":
-            kept = torch.minimum(self.value("beta").expand_as(entering), entering)
+            kept = torch.minimum(self.keep.expand_as(entering), entering)
         elif self.count_mode == "drop":
-            kept = (entering - self.value("beta")).clamp_min(0.0)
+            kept = (entering - self.keep).clamp_min(0.0)
         else:
-            kept = self.value("beta") * entering
+            kept = self.keep * entering
         if self.bipartite:
             kept = torch.maximum(kept, bipartite_min_kept(entering))
         return kept / max(n, 1)
@@ -210,7 +231,7 @@ class SiteModule(nn.Module):
                                    recycle=self.recycle, bipartite=self.bipartite, temperature=self.temperature)
         weights = mask_v if transfer.source_weights is None else mask_v * transfer.source_weights
         out = relaxed_reduce(x, range(start, end), transfer.scores, ratio + transfer.targets / (end - start),
-                             regime=self.regime(), gate=self.value("alpha") if self.gate_sample is None else self.gate_sample,
+                             regime=self.regime(), gate=self.gate if self.gate_sample is None else self.gate_sample,
                              temperature=self.temperature,
                              sizes=sizes, positions=self.positions, source_weights=weights,
                              dest_eligible=transfer.dest_eligible,

@@ -1,20 +1,24 @@
-"""Importance scores and affinity features computed INSIDE a compiled graph (call_function targets).
+"""Importance scores and affinity features computed INSIDE a compiled graph (call_function targets):
+the torch side of the score table `deos_dsl.frontend.vocab.SCORES`.
 
 Every score is `[B, N]` over the whole stream (higher = keep); the site module restricts it to
 the reducible span. `Span = (start, end)` is the reducible span of the stream.
-- `query_attention`: attention received from ONE recomputed query row (the last token, CLS, or
-  the mean of the text queries = the tokens after the span), from the block's own post-RoPE
-  `q [B, H, N, dh]` and `k [B, Hk, N, dh]`, honouring the block's mask (its row for that query),
-  `is_causal` and scale, so it works with fused attention kernels;
-- `stream_score`: `norm` (hidden-state norm), `text` similarity (to the mean text token),
-  `tokens` (ToMe bipartite redundancy on the features, even span offsets may merge), `position`
-  (the top-left token of every 2x2 window of the square span grid);
+- `query_attention` (the `attention` score): attention received from ONE recomputed query row
+  (`QUERY_ROWS`: the last token, CLS, or the mean of the text queries = the tokens after the
+  span), from the block's own post-RoPE `q [B, H, N, dh]` and `k [B, Hk, N, dh]`, honouring
+  the block's mask (its row for that query), `is_causal` and scale, so it works with fused
+  attention kernels;
+- `stream_score`: every other score, computed on the block's output stream by its kernel in
+  `STREAM_KERNELS`: `norm` (hidden-state norm), `similarity` to `text` (the mean text token)
+  or to `tokens` (ToMe bipartite redundancy on the features, even span offsets may merge),
+  `position` (the top-left token of every 2x2 window of the square span grid);
 - `mean_keys`: `[B, Hk, N, dh] -> [B, N, dh]`, ToMe's key affinity features.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -22,8 +26,6 @@ from torch import Tensor
 from deos_dsl.ops import NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, text_similarity
 
 Span = tuple[int, int]
-QUERIES = ("last", "cls", "text")
-STREAM_SCORES = ("norm", "text", "tokens", "position")
 
 
 def grid_side(span: Span) -> int | None:
@@ -51,13 +53,18 @@ def _mask_row(attn_mask: Tensor | None, row: int, dtype: torch.dtype) -> Tensor 
     return picked.to(dtype).clamp_min(NEG_BIAS)
 
 
+QUERY_ROWS: dict[str, Callable[[int, Span], list[int]]] = {
+    "last": lambda n, span: [n - 1],
+    "cls": lambda n, span: [0],
+    "text": text_rows,
+}
+
+
 def query_attention(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float | None,
                     query: str, *, span: Span) -> Tensor:
-    """`[B, N]`: attention each key receives from one query row (`query` in `QUERIES`)."""
-    if query not in QUERIES:
-        raise ValueError(f"unknown attention query {query!r}; expected one of {QUERIES}")
+    """`[B, N]`: attention each key receives from one query row (`query` in `QUERY_ROWS`)."""
     n = q.shape[2]
-    rows = {"last": [n - 1], "cls": [0], "text": text_rows(n, span)}[query]
+    rows = QUERY_ROWS[query](n, span)
     row = q[:, :, rows].mean(dim=2, keepdim=True)
     bias = _mask_row(attn_mask, rows[-1], q.dtype)
     if bias is not None:
@@ -71,23 +78,35 @@ def mean_keys(k: Tensor) -> Tensor:
     return k.mean(dim=1)
 
 
-def stream_score(x: Tensor, kind: str, *, span: Span, features: Tensor | None = None) -> Tensor:
-    """`[B, N]` score of `kind` (`STREAM_SCORES`) on the stream `x [B, N, D]`."""
-    b, n, _ = x.shape
-    if kind == "norm":
-        return hidden_norm(x)
-    if kind == "text":
-        return text_similarity(x, x[:, text_rows(n, span)])
-    full = x.new_zeros(b, n)
-    start, end = span
-    if kind == "tokens":
-        feats = (x if features is None else features)[:, start:end]
-        a_set = torch.arange(end - start, device=x.device) % 2 == 0
-        return torch.cat([full[:, :start], bipartite_scores(feats, a_set).to(x.dtype), full[:, end:]], dim=1)
-    if kind == "position":
-        side = grid_side(span)
-        if side is None:
-            raise ValueError(f"score `position` needs a square grid of reducible tokens, got {end - start}")
-        grid = pool_inputs((side, side), device=x.device)["scores"].to(x.dtype).expand(b, -1)
-        return torch.cat([full[:, :start], grid, full[:, end:]], dim=1)
-    raise ValueError(f"unknown stream score {kind!r}; expected one of {STREAM_SCORES}")
+def _in_span(x: Tensor, span: Span, scores: Tensor) -> Tensor:
+    """`[B, N]`: `scores [B, |span|]` on the span, 0 elsewhere."""
+    full = x.new_zeros(x.shape[0], x.shape[1])
+    return torch.cat([full[:, :span[0]], scores.to(x.dtype), full[:, span[1]:]], dim=1)
+
+
+def _similarity(x: Tensor, to: str | None, span: Span, features: Tensor | None) -> Tensor:
+    if to == "text":
+        return text_similarity(x, x[:, text_rows(x.shape[1], span)])
+    feats = (x if features is None else features)[:, span[0]:span[1]]
+    a_set = torch.arange(span[1] - span[0], device=x.device) % 2 == 0
+    return _in_span(x, span, bipartite_scores(feats, a_set))
+
+
+def _position(x: Tensor, option: str | None, span: Span, features: Tensor | None) -> Tensor:
+    side = grid_side(span)
+    if side is None:
+        raise ValueError(f"score `position` needs a square grid of reducible tokens, got {span[1] - span[0]}")
+    return _in_span(x, span, pool_inputs((side, side), device=x.device)["scores"].expand(x.shape[0], -1))
+
+
+StreamKernel = Callable[[Tensor, str | None, Span, Tensor | None], Tensor]
+STREAM_KERNELS: dict[str, StreamKernel] = {
+    "norm": lambda x, option, span, features: hidden_norm(x),
+    "similarity": _similarity,
+    "position": _position,
+}
+
+
+def stream_score(x: Tensor, kind: str, option: str | None, *, span: Span, features: Tensor | None = None) -> Tensor:
+    """`[B, N]` score `kind` (with its `option`) on the stream `x [B, N, D]` (`STREAM_KERNELS`)."""
+    return STREAM_KERNELS[kind](x, option, span, features)

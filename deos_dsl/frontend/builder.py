@@ -16,6 +16,7 @@ from deos_dsl.errors import Diagnostic
 
 from . import ir
 from .parser import Comment
+from .vocab import UNIFIED
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Builder(Transformer):
         fields = self._entries(owner, entries)
         node = cls(span=self._span(meta), **{key: entry.value for key, entry in fields.items()}, **extra)
         for entry in entries:
-            block = entry.value if isinstance(entry.value, ir.Operator) and entry.value.form == "unified" else None
+            block = entry.value if isinstance(entry.value, ir.Operator) and entry.value.form == UNIFIED else None
             self._statement(node, entry.key, entry.meta, block)
         return node
 
@@ -113,9 +114,7 @@ class Builder(Transformer):
     retain_entry = _entry("retain")
     score_entry = _entry("score")
     operator_entry = _entry("operator")
-    width_setting = _entry("width")
     into_setting = _entry("into")
-    recycle_setting = _entry("recycle")
     affinity_setting = _entry("affinity")
     task_entry = _entry("task")
     align_entry = _entry("align")
@@ -132,11 +131,6 @@ class Builder(Transformer):
     activate_learned = _node(ir.ActivateLearned, "init")
     retain_fixed = _node(ir.RetainFixed, "amount")
     retain_drop = _node(ir.RetainDrop, "amount")
-    score_attention = _node(ir.ScoreAttention, "query")
-    score_similarity = _node(ir.ScoreSimilarity, "to")
-    score_norm = _node(ir.ScoreSignal, kind="norm")
-    score_position = _node(ir.ScoreSignal, kind="position")
-    score_learned = _node(ir.ScoreSignal, kind="learned")
     into_kept = _node(ir.IntoKept)
     into_extra = _node(ir.IntoExtra, "count")
     param_fixed = _node(ir.FixedParam, "value")
@@ -192,8 +186,8 @@ class Builder(Transformer):
     def _keyword(self, meta: Meta, children: list[Token]) -> str:
         return str(children[0])
 
-    protected_kind = query = target = corner = regime_name = scale = switch = affinity = _keyword
-    task = optimizer = relaxation = schedule = policy_number = unit = _keyword
+    protected_kind = corner = regime_name = scale = switch = affinity = _keyword
+    task = optimizer = relaxation = schedule = policy_number = number_setting = unit = _keyword
 
     # ---- sites ----------------------------------------------------------------------------
     def site_block(self, meta: Meta, children: list[Any]) -> ir.Site:
@@ -220,13 +214,18 @@ class Builder(Transformer):
     def range(self, meta: Meta, children: list[Any]) -> tuple[Any, Any]:
         return children[0], children[1]
 
+    def score(self, meta: Meta, children: list[Token]) -> ir.Score:
+        """`name`, or `name ( option : choice )` (every token kept): the choice is the 5th."""
+        words = [str(child) for child in children]
+        return ir.Score(span=self._span(meta), kind=words[0], option=words[4] if len(words) > 1 else None)
+
     # ---- operators ------------------------------------------------------------------------
     def corner_operator(self, meta: Meta, children: list[Any]) -> ir.Operator:
         form, *settings = children
         return self._block(ir.Operator, f"`{form}` operator", meta, [s for s in settings if s is not None], form=form)
 
     def unified_operator(self, meta: Meta, settings: list[Entry]) -> ir.Operator:
-        return self._block(ir.Operator, "unified operator", meta, settings, form="unified")
+        return self._block(ir.Operator, f"{UNIFIED} operator", meta, settings, form=UNIFIED)
 
     def regime_setting(self, meta: Meta, children: list[Any]) -> Entry:
         return Entry(children[0], children[1], meta)
@@ -257,7 +256,10 @@ class Builder(Transformer):
         return "flops", None
 
     def number_entry(self, meta: Meta, children: list[Any]) -> Entry:
+        """`KEY: expr` where the keyword is the IR field (policy numbers, number settings)."""
         return Entry(children[0], children[1], meta)
+
+    number_setting_entry = number_entry
 
     # ---- expressions ----------------------------------------------------------------------
     add, sub = _node(ir.Binary, "left", "right", op="+"), _node(ir.Binary, "left", "right", op="-")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from . import ir
+from .vocab import SCORES, UNIFIED
 
 INDENT = "  "
 _BINARY_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
@@ -125,9 +126,7 @@ _VALUE_TEXT = {
     ir.RetainDrop: lambda v: f"drop {format_expr(v.amount)}",
     ir.RetainChoices: lambda v: "choices(" + ", ".join(format_expr(o) for o in v.options) + ")",
     ir.RetainLearned: lambda v: "learned " + _range(v.lo, v.hi, v.init),
-    ir.ScoreAttention: lambda v: f"attention(query: {v.query})",
-    ir.ScoreSimilarity: lambda v: f"similarity(to: {v.to})",
-    ir.ScoreSignal: lambda v: v.kind,
+    ir.Score: lambda v: SCORES[v.kind].text(v.option),
     ir.FixedParam: lambda v: format_expr(v.value),
     ir.LearnedParam: lambda v: "learned " + ("log " if v.scale == "log" else "") + _range(v.lo, v.hi, v.init),
     ir.IntoKept: lambda v: "kept",
@@ -178,8 +177,8 @@ class _Writer:
                 self.line(f"{key}: {format_value(value)}", node, key)
 
     def operator(self, owner: ir.Node, key: str, op: ir.Operator) -> None:
-        if op.form == "unified":
-            self.open(f"{key}: unified", owner, key)
+        if op.form == UNIFIED:
+            self.open(f"{key}: {UNIFIED}", owner, key)
             self.entries(op, ir.SETTINGS)
             self.close(op)
             return

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
+
+from . import vocab
+from .vocab import CORNERS, SCORES, UNIFIED
 
 ROLES = ("vision", "projector", "decoder")
 
@@ -216,27 +219,32 @@ class RetainLearned(Node):
 Retain = Annotated[Union[RetainFixed, RetainDrop, RetainChoices, RetainLearned], Field(discriminator="kind")]
 
 
-class ScoreAttention(Node):
-    """Attention received from one query row (last token, mean text query, or CLS)."""
+class Score(Node):
+    """An importance score of `vocab.SCORES`: its `kind` and, for a score with an option, the
+    `option` chosen (`attention(query: last)`: kind `attention`, option `last`)."""
 
-    kind: Literal["attention"] = "attention"
-    query: Literal["last", "text", "cls"]
+    kind: Literal[tuple(SCORES)]
+    option: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _option_by_name(cls, data: Any) -> Any:
+        """Also read the option under its own name (`{"kind": "attention", "query": "last"}`, as
+        files written before the one-table vocabulary hold it)."""
+        if isinstance(data, dict) and data.get("kind") in SCORES:
+            name = SCORES[data["kind"]].option
+            if name is not None and name in data:
+                data = {**{k: v for k, v in data.items() if k != name}, "option": data[name]}
+        return data
 
-class ScoreSimilarity(Node):
-    """Similarity to the text tokens, or redundancy against the other reducible tokens."""
-
-    kind: Literal["similarity"] = "similarity"
-    to: Literal["text", "tokens"]
-
-
-class ScoreSignal(Node):
-    """A score without options: hidden-state norm, grid position (strided), or learned."""
-
-    kind: Literal["norm", "position", "learned"]
-
-
-Score = Annotated[Union[ScoreAttention, ScoreSimilarity, ScoreSignal], Field(discriminator="kind")]
+    @model_validator(mode="after")
+    def _option_fits(self) -> Score:
+        spec = SCORES[self.kind]
+        if spec.option is None and self.option is not None:
+            raise ValueError(f"score `{self.kind}` takes no option")
+        if spec.option is not None and self.option not in spec.choices:
+            raise ValueError(f"score `{self.kind}` takes `{spec.option}` one of {', '.join(spec.choices)}")
+        return self
 
 
 class FixedParam(Node):
@@ -254,8 +262,7 @@ class LearnedParam(Node):
 
 Param = Annotated[Union[FixedParam, LearnedParam], Field(discriminator="kind")]
 
-REGIME = ("gamma", "tau", "theta", "rho", "nu")
-CORNERS = ("prune", "merge", "pool", "reweight")
+REGIME = vocab.REGIME
 
 
 class IntoKept(Node):
@@ -273,12 +280,12 @@ Destination = Annotated[Union[IntoKept, IntoExtra], Field(discriminator="kind")]
 
 
 class Operator(Node):
-    """A corner (`form` = prune/merge/pool/reweight) or `unified`, with explicit settings.
+    """A corner of `vocab.CORNERS` (`form` = its name) or `unified`, with explicit settings.
 
     Unset settings are None; `regime.py` gives the full parameter set of any operator.
     """
 
-    form: Literal["prune", "merge", "pool", "reweight", "unified"]
+    form: Literal[(*CORNERS, UNIFIED)]
     gamma: Param | None = None
     tau: Param | None = None
     theta: Param | None = None
@@ -353,9 +360,6 @@ class Anneal(Node):
     schedule: Literal["constant", "linear", "exponential", "cosine"]
     start: Expr
     end: Expr | None = None
-
-
-POLICY_NUMBERS = ("lr", "steps", "dual_step", "penalty", "seed", "snap")
 
 
 class Policy(Node):

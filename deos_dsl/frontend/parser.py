@@ -19,6 +19,7 @@ from lark.lexer import PatternStr
 from deos_dsl.errors import Diagnostic, SpaceError
 
 from .diagnostics import source_lines
+from .vocab import CORNERS, SCORES, Score
 
 READABLE = {
     "NAME": "a name",
@@ -40,11 +41,25 @@ class _WholeWords:
         return stream
 
 
+def _score_rule(score: Score) -> str:
+    if score.option is None:
+        return f'"{score.name}"'
+    choices = " | ".join(f'"{choice}"' for choice in score.choices)
+    return f'"{score.name}" "(" "{score.option}" ":" ({choices}) ")"'
+
+
+def grammar_text() -> str:
+    """`deos.lark` with its vocabulary placeholders filled from `vocab.SCORES` and `vocab.CORNERS`."""
+    text = importlib.resources.files("deos_dsl.grammar").joinpath("deos.lark").read_text(encoding="utf-8")
+    return (text.replace("<<scores>>", " | ".join(_score_rule(score) for score in SCORES.values()))
+                .replace("<<corners>>", " | ".join(f'"{name}"' for name in CORNERS)))
+
+
 @functools.cache
 def grammar() -> Lark:
     """The process-wide parser (building it is the one-off cost measured by the benchmark)."""
-    text = importlib.resources.files("deos_dsl.grammar").joinpath("deos.lark").read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", strict=True, propagate_positions=True, maybe_placeholders=True, postlex=_WholeWords())
+    return Lark(grammar_text(), parser="lalr", strict=True, propagate_positions=True, maybe_placeholders=True,
+                postlex=_WholeWords())
 
 
 @functools.cache

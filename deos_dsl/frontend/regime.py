@@ -1,35 +1,19 @@
-"""The regime parameters every operator stands for (DESIGN.md 1.1 corners).
+"""The regime parameters every operator stands for (DESIGN.md 1.1 corners, `vocab.CORNERS`).
 
 Invariant: `regime(op)` returns all five parameters (gamma, tau, theta, rho, nu) of the unified
 operator for ANY operator form; a corner's defining values cannot be overridden (validation
-reports it), only its free settings (`CORNER_SETTINGS`).
+reports it), only its free settings (`settings_of`).
 """
 
 from __future__ import annotations
 
-import math
-
 from . import ir
+from .vocab import CORNERS, UNIFIED, form_values
 
-INF = math.inf
 
-# Defining values of each corner (tau = 0 is the sharp-merge limit, tau = inf uniform).
-CORNER_VALUES: dict[str, dict[str, float]] = {
-    "prune": {"gamma": 0.0, "tau": INF, "theta": 0.0, "rho": 0.0, "nu": 1.0},
-    "merge": {"gamma": 1.0, "tau": 0.0, "theta": 0.0, "rho": 0.0, "nu": 1.0},
-    "pool": {"gamma": 1.0, "tau": INF, "theta": 0.0, "rho": 0.0, "nu": 1.0},
-    "reweight": {"gamma": 0.0, "tau": INF, "theta": 0.0, "rho": 1.0, "nu": 1.0},
-    "unified": {"gamma": 0.0, "tau": 1.0, "theta": 0.0, "rho": 0.0, "nu": 1.0},
-}
-
-# Settings a corner accepts in `corner(name: value, ...)`; `unified` accepts every setting.
-CORNER_SETTINGS: dict[str, frozenset[str]] = {
-    "prune": frozenset({"theta"}),
-    "merge": frozenset({"theta", "proportional", "into", "affinity"}),
-    "pool": frozenset({"window", "width", "proportional", "into", "affinity"}),
-    "reweight": frozenset({"theta", "rho"}),
-    "unified": frozenset(ir.SETTINGS),
-}
+def settings_of(form: str) -> frozenset[str]:
+    """The settings an operator `form` accepts: a corner's own, every one for `unified`."""
+    return frozenset(ir.SETTINGS) if form == UNIFIED else CORNERS[form].settings
 
 
 def regime(op: ir.Operator) -> dict[str, ir.FixedParam | ir.LearnedParam]:
@@ -37,5 +21,5 @@ def regime(op: ir.Operator) -> dict[str, ir.FixedParam | ir.LearnedParam]:
     params: dict[str, ir.FixedParam | ir.LearnedParam] = {}
     for name in ir.REGIME:
         written = getattr(op, name)
-        params[name] = written if written is not None else ir.FixedParam(value=ir.Num(value=CORNER_VALUES[op.form][name]))
+        params[name] = written if written is not None else ir.FixedParam(value=ir.Num(value=form_values(op.form)[name]))
     return params

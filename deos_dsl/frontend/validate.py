@@ -16,8 +16,9 @@ from . import ir
 from .diagnostics import report, suggest
 from .fold import is_poison
 from .formatter import format_constraint, format_number, format_site_key
-from .regime import CORNER_SETTINGS
+from .regime import settings_of
 from .resolve import constraint_key
+from .vocab import CORNERS
 
 BLOCK_LISTS = ("vision.layers", "decoder.layers", "projector")
 MODULE_PATTERN = re.compile(r"^(\*\*|[A-Za-z0-9_*?]+)(\.(\*\*|[A-Za-z0-9_*?]+))*$")
@@ -26,6 +27,8 @@ FLOP_UNITS = ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP")
 # Domain of each regime parameter: (low, high, low excluded).
 DOMAINS = {"gamma": (0.0, 1.0, False), "tau": (0.0, math.inf, True), "theta": (0.0, 1.0, False),
            "rho": (0.0, math.inf, False), "nu": (0.0, 1.0, False)}
+
+SHARP_CORNER = next(corner.name for corner in CORNERS.values() if corner.values["tau"] == 0)
 
 
 def _unit_name(unit: str) -> str:
@@ -149,7 +152,7 @@ class Validator:
             self.error(node, f"init {format_number(init)} is outside [{format_number(lo)}, {format_number(hi)}]", "lo <= init <= hi")
 
     def operator(self, op: ir.Operator) -> None:
-        allowed = CORNER_SETTINGS[op.form]
+        allowed = settings_of(op.form)
         for name in ir.SETTINGS:
             if getattr(op, name) is not None and name not in allowed:
                 self.error(op, f"`{op.form}` does not take `{name}`",
@@ -169,7 +172,7 @@ class Validator:
 
     def param(self, name: str, param: ir.Node) -> None:
         low, high, low_open = DOMAINS[name]
-        hint = "the limit tau -> 0 is the `merge` corner" if name == "tau" else None
+        hint = f"the limit tau -> 0 is the `{SHARP_CORNER}` corner" if name == "tau" else None
         if isinstance(param, ir.FixedParam):
             self.bounded(param.value, f"`{name}`", low, high, low_open, hint)
             return

@@ -1,24 +1,11 @@
 """deos_dsl.ops: the unified token-reduction operator (DESIGN 1.1), pure tensor maths.
 
 Hard form `reduce_tokens` (fewer tokens + kept indices), relaxed form `relaxed_reduce`
-(shape-preserving, differentiable), importance scores, and corner constructors.
+(shape-preserving, differentiable), importance scores, and two methods' token layouts (`layouts`).
 """
 
-from deos_dsl.ops.corners import (
-    Corner,
-    evit,
-    evit_inputs,
-    fastv,
-    merge,
-    pool,
-    pool_inputs,
-    prune,
-    reweight,
-    tome_inputs,
-    visionzip,
-    visionzip_inputs,
-)
 from deos_dsl.ops.inputs import SiteInputs
+from deos_dsl.ops.layouts import pool_inputs, visionzip_inputs
 from deos_dsl.ops.params import NEG_BIAS, Regime
 from deos_dsl.ops.relaxed import RelaxedResult, relaxed_reduce
 from deos_dsl.ops.scores import LearnedScorer, attention_from_query, bipartite_scores, hidden_norm, text_similarity
@@ -27,7 +14,6 @@ from deos_dsl.ops.unified import HardResult, attention_bias, gather_tokens, redu
 
 __all__ = [
     "NEG_BIAS",
-    "Corner",
     "HardResult",
     "LearnedScorer",
     "Regime",
@@ -37,22 +23,13 @@ __all__ = [
     "attention_from_query",
     "bipartite_scores",
     "ceil_count",
-    "evit",
-    "evit_inputs",
-    "fastv",
     "gather_tokens",
     "hidden_norm",
     "keep_count",
-    "merge",
-    "pool",
     "pool_inputs",
-    "prune",
     "recycle_mask",
     "reduce_tokens",
     "relaxed_reduce",
-    "reweight",
     "text_similarity",
-    "tome_inputs",
-    "visionzip",
     "visionzip_inputs",
 ]

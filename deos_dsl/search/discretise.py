@@ -43,11 +43,10 @@ from deos_dsl.compiler.site_transfer import bipartite_min_kept
 from deos_dsl.compiler.sites import BoundSite
 from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
+from deos_dsl.frontend.vocab import SNAP_VALUES, UNIFIED, corner_of
 from deos_dsl.ops import keep_count
 
 from .constraints import Constraints, FlowSite, discrete_leaving
-
-CORNER_VALUES = {"gamma": (0.0, 1.0), "nu": (0.0, 1.0), "rho": (0.0,), "theta": (0.0,)}
 
 
 def _count(num: ir.Expr, entering: int) -> int:
@@ -73,25 +72,21 @@ def allowed_keeps(retain: ir.Retain, entering: int, bipartite: bool = False) -> 
     return sorted({max(count, floor) for count in counts})
 
 
+def _distance(value: float, target: float) -> float:
+    return (0.0 if value == math.inf else 1 / value) if target == math.inf else abs(value - target)
+
+
 def snap_value(name: str, value: float, tolerance: float) -> float:
-    """`value` snapped to a corner value of parameter `name` within `tolerance` (module docstring)."""
+    """`value` snapped to a value of parameter `name` in `vocab.SNAP_VALUES` within `tolerance`
+    (module docstring)."""
     if tolerance <= 0:
         return value
-    if name == "tau":
-        if value <= tolerance:
-            return 0.0
-        return math.inf if value == math.inf or 1 / value <= tolerance else value
-    return next((corner for corner in CORNER_VALUES.get(name, ()) if abs(value - corner) <= tolerance), value)
+    return next((target for target in SNAP_VALUES.get(name, ()) if _distance(value, target) <= tolerance), value)
 
 
 def corner_name(regime: dict[str, float]) -> str:
-    """The DESIGN 1.1 corner a regime sits on, else `unified`."""
-    gamma, tau, rho = regime["gamma"], regime["tau"], regime["rho"]
-    if gamma == 0:
-        return "reweight" if rho > 0 else "prune"
-    if gamma == 1 and rho == 0 and tau in (0.0, math.inf):
-        return "merge" if tau == 0 else "pool"
-    return "unified"
+    """The corner of `vocab.CORNERS` a regime sits on, else `unified`."""
+    return corner_of(regime) or UNIFIED
 
 
 @dataclass(frozen=True)
@@ -147,10 +142,10 @@ class Discretiser:
         self.constraints, self.modules, self.retains = constraints, modules, retains
         self.usefulness = {name: max(usefulness.get(name, 0.0), 0.0) for name in modules}
         with torch.no_grad():
-            self.gates = {name: float(m.value("alpha")) for name, m in modules.items()}
-            self.ratios = {name: float(m.value("beta")) if m.count_mode is None else None for name, m in modules.items()}
+            self.gates = {name: float(m.gate) for name, m in modules.items()}
+            self.ratios = {name: float(m.keep) if m.count_mode is None else None for name, m in modules.items()}
         self.expected_gates = {name: (expected_gates or {}).get(name, 1.0) for name in modules}
-        self.learned_gate = {name: m.specs["alpha"].learned for name, m in modules.items()}
+        self.learned_gate = {name: m.gate_param.learned for name, m in modules.items()}
 
     def _flow(self, active: dict[str, bool], keep: dict[str, int]) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Counts `(entering, leaving)` per site and the keep each site really takes (its

@@ -107,7 +107,8 @@ class Search:
 
     def __init__(self, space: ir.Space, model: str, data: str, out: Path, options: Options = Options(),
                  resume: bool = False, console: Console | None = None) -> None:
-        policy = space.policy or ir.Policy()
+        assert space.policy is not None and space.objective is not None, "a resolved space has its policy and objective"
+        self.policy, self.objective = policy, _ = space.policy, space.objective
         self.space, self.out, self.options, self.console = space, out, options, console
         self.spec = parse_data(data)
         steps = options.steps or int(number(policy.steps))
@@ -169,10 +170,10 @@ class Search:
     def prepare(self) -> int:
         """Move the graphs to the device, build the optimiser and the multipliers, load the
         checkpoint when resuming; returns the first step to run."""
-        policy = self.space.policy or ir.Policy()
+        policy = self.policy
         self.graph.gm.to(self.device)
         self.graph.dense.to(self.device)
-        self.optimizer = OPTIMIZERS[policy.optimizer or "adam"](self.params, lr=number(policy.lr))
+        self.optimizer = OPTIMIZERS[policy.optimizer](self.params, lr=number(policy.lr))
         self.lagrangian = AugmentedLagrangian(len(self.constraints.limits), number(policy.dual_step), number(policy.penalty))
         self.usefulness: dict[str, float] = {}
         start = 0
@@ -218,11 +219,10 @@ class Search:
     def expected_values(self, temperature: float) -> tuple[list[Tensor], dict[str, float]]:
         """Each limit's expected value (differentiable in the site parameters), and each site's
         expected gate, at relaxation `temperature`."""
-        relaxation = (self.space.policy or ir.Policy()).relaxation or "hard_concrete"
+        relaxation = self.policy.relaxation
         gates: dict[str, Tensor] = {}
         for name, module in self.graph.modules.items():
-            alpha = module.alpha
-            gates[name] = expected_gate(alpha, relaxation, temperature) if module.specs["alpha"].learned else module.value("alpha")
+            gates[name] = expected_gate(module.alpha, relaxation, temperature) if module.gate_param.learned else module.gate
 
         def leave(site: FlowSite, entering: Tensor | int) -> Tensor:
             module = self.graph.modules[site.name]
@@ -263,7 +263,7 @@ class Search:
 
     def step(self, step: int) -> dict[str, Any]:
         """One search step (module docstring, 1-4) after `prepare()`; returns its log record."""
-        policy, objective = self.space.policy or ir.Policy(), self.space.objective or ir.Objective()
+        policy, objective = self.policy, self.objective
         modules, optimizer, lagrangian = self.graph.modules, self.optimizer, self.lagrangian
         assert policy.anneal is not None and policy.relaxation is not None
         temperature = annealed(policy.anneal, step, self.run_info.steps)
@@ -276,7 +276,7 @@ class Search:
         local = self.run_info.batch_size // self.world.size
         for module in modules.values():
             module.temperature.fill_(temperature)
-            if module.specs["alpha"].learned:
+            if module.gate_param.learned:
                 module.gate_sample = sample_gate(module.alpha, local, policy.relaxation, temperature, noise)
         optimizer.zero_grad(set_to_none=True)
         losses = self._objective(self.model, step, objective)
@@ -298,10 +298,9 @@ class Search:
     def _update_usefulness(self) -> None:
         """Running mean of `-d objective / d c` per learned keep ratio (the objective's gradient only)."""
         for name, module in self.graph.modules.items():
-            beta = module.specs["beta"]
-            if not beta.learned or module.beta.grad is None:
+            if not module.keep_param.learned or module.beta.grad is None:
                 continue
-            (slope,) = torch.autograd.grad(module.value("beta"), module.beta)
+            (slope,) = torch.autograd.grad(module.keep, module.beta)
             if float(slope) <= 0:
                 continue
             raw = -float(module.beta.grad) / float(slope)
@@ -314,8 +313,8 @@ class Search:
         with torch.no_grad():
             for name, module in self.graph.modules.items():
                 n = module.span[1] - module.span[0]
-                keep = module.value("beta") if module.count_mode is None else module.keep_ratio(torch.tensor([float(n)]))[0]
-                sites[name] = {"gate": float(module.value("alpha")), "expected_gate": expected[name], "keep": float(keep),
+                keep = module.keep if module.count_mode is None else module.keep_ratio(torch.tensor([float(n)]))[0]
+                sites[name] = {"gate": float(module.gate), "expected_gate": expected[name], "keep": float(keep),
                                **{key: float(module.value(key)) for key in ("gamma", "tau", "rho", "nu", "theta")}}
         constraints = {limit.label: {"value": float(v), "g": float(g), "mu": float(mu)}
                        for limit, v, g, mu in zip(self.constraints.limits, values, violations, lagrangian.mu)}
@@ -325,7 +324,7 @@ class Search:
 
     def _finish(self, outcome: Outcome) -> None:
         """Discretise, validate, write the result and the plots (main process)."""
-        policy = self.space.policy or ir.Policy()
+        policy = self.policy
         assert policy.anneal is not None
         with torch.no_grad():
             _, expected = self.expected_values(annealed(policy.anneal, self.run_info.steps - 1, self.run_info.steps))

@@ -108,16 +108,6 @@ def read_schedule(out: Path) -> tuple[dict[str, Any], dict[str, ir.SiteSettings]
     return data, settings
 
 
-def read_modules(out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """The site modules' states of `result.pt`; raises `SearchError`."""
-    path = out / RESULT
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return dict(state["modules"])
-    except Exception as error:  # noqa: BLE001  (missing, torn or foreign file)
-        raise SearchError(f"{path} is missing or corrupt ({type(error).__name__})", "run the search again") from None
-
-
 def emit_result(directory: Path, target: Path | None = None) -> tuple[Emitted, list[Path]]:
     """Compile the discrete schedule of the search in `directory` on its model and write the
     artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`)."""

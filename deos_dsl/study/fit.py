@@ -45,6 +45,7 @@ from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import BoundSite
 from deos_dsl.errors import StudyError
 from deos_dsl.frontend import ir
+from deos_dsl.frontend.vocab import SCORES
 from deos_dsl.pipeline import bind_model
 from deos_dsl.search.constraints import EXACT, FlowSite, TokenFlow, discrete_leaving
 from deos_dsl.search.discretise import allowed_keeps
@@ -110,7 +111,7 @@ def _learns(site: ir.Site) -> bool:
     """Whether `site` learns its gate, keep, score or a regime parameter."""
     return (not isinstance(site.activate, ir.ActivateFixed)
             or not isinstance(site.retain, (ir.RetainFixed, ir.RetainDrop))
-            or isinstance(site.score, ir.ScoreSignal) and site.score.kind == "learned"
+            or SCORES[site.score.kind].learned
             or any(isinstance(getattr(site.operator, name), ir.LearnedParam) for name in ir.REGIME))
 
 
@@ -193,7 +194,7 @@ def cut_site(keep: int) -> ir.Site:
     """The projector cut keeping `keep` tokens by norm (module docstring, rule 2)."""
     return ir.Site(selectors=[ir.RoleSelector(path=["projector"])], activate=ir.ActivateFixed(on=True),
                    retain=ir.RetainFixed(amount=ir.Num(value=float(keep), unit="tokens")),
-                   score=ir.ScoreSignal(kind="norm"), operator=ir.Operator(form="prune"))
+                   score=ir.Score(kind="norm"), operator=ir.Operator(form="prune"))
 
 
 def _with_sites(space: ir.Space, sites: list[ir.Site]) -> ir.Space:

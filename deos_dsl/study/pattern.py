@@ -1,6 +1,6 @@
 """The operator pattern of an emitted schedule: which regime each active site runs, per layer.
 
-A site's regime is named by its DESIGN 1.1 corner (`prune`, `merge`, `pool`, `reweight`), or
+A site's regime is named by its corner (`vocab.CORNERS`: `prune`, `merge`, `pool`, `reweight`), or
 `mix` when it sits between them: a soft transfer `0 < gamma < 1` (or a corner-free tau /
 rho combination). A schedule is a HYBRID when some active site redistributes softly
 (`0 < gamma < 1`), the regime no hand-designed method uses.
@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from deos_dsl.compiler.hard_site import SitePlan
-from deos_dsl.search.discretise import corner_name
+from deos_dsl.frontend.vocab import MIX, OFF, corner_of
 
 _SHORT = ((r"^decoder\.layers\.(\d+)", r"D\1"), (r"^vision\.layers\.(\d+)", r"V\1"), (r"^projector", "P"))
 
@@ -27,9 +27,8 @@ def short_site(name: str) -> str:
 
 
 def regime_name(plan: SitePlan) -> str:
-    """The corner of `plan`'s regime, `mix` off the corners."""
-    corner = corner_name({"gamma": plan.gamma, "tau": plan.tau, "rho": plan.rho})
-    return "mix" if corner == "unified" else corner
+    """The corner of `plan`'s regime (`vocab.CORNERS`), `mix` off the corners."""
+    return corner_of({"gamma": plan.gamma, "tau": plan.tau, "rho": plan.rho}) or MIX
 
 
 def soft_transfer(plan: SitePlan) -> bool:
@@ -38,7 +37,7 @@ def soft_transfer(plan: SitePlan) -> bool:
 
 def site_pattern(plan: SitePlan) -> dict[str, Any]:
     """JSON-ready decision of one site: short name, regime, tokens entering / kept / leaving, gamma, tau."""
-    return {"site": short_site(plan.name), "active": plan.active, "regime": regime_name(plan) if plan.active else "off",
+    return {"site": short_site(plan.name), "active": plan.active, "regime": regime_name(plan) if plan.active else OFF,
             "entering": plan.entering, "keep": plan.keep, "leaving": plan.leaving, "gamma": plan.gamma,
             "tau": "inf" if math.isinf(plan.tau) else plan.tau, "rho": plan.rho}
 
@@ -49,7 +48,7 @@ def pattern_text(sites: list[dict[str, Any]]) -> str:
     for site in sites:
         if not site["active"]:
             continue
-        regime = f"mix(g={site['gamma']:.2f})" if site["regime"] == "mix" else site["regime"]
+        regime = f"{MIX}(g={site['gamma']:.2f})" if site["regime"] == MIX else site["regime"]
         parts.append(f"{site['site']} {regime} {site['leaving']}/{site['entering']}")
     return " · ".join(parts) or "-"
 

@@ -18,11 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.patches import Patch  # noqa: E402
 
 from deos_dsl.embedded.vqa import FAMILIES  # noqa: E402
+from deos_dsl.frontend.vocab import MIX, OFF, PATTERN_COLOURS  # noqa: E402
 
 from .run import DENSE, SEARCH, Entry, budget_label  # noqa: E402
-
-REGIME_COLOURS = {"off": "#eeeeee", "prune": "#d62728", "merge": "#1f77b4", "pool": "#17becf",
-                  "reweight": "#ff7f0e", "mix": "#2ca02c"}
 
 
 def plot_pareto(entries: list[Entry], path: Path) -> Path:
@@ -58,10 +56,10 @@ def plot_patterns(entries: list[Entry], path: Path) -> Path:
     for row, entry in enumerate(searched):
         for site in entry.sites:
             column = columns.index(site["site"])
-            axis.add_patch(plt.Rectangle((column, row), 1, 1, facecolor=REGIME_COLOURS.get(site["regime"], "white"),
+            axis.add_patch(plt.Rectangle((column, row), 1, 1, facecolor=PATTERN_COLOURS[site["regime"]],
                                          edgecolor="white", linewidth=2))
-            label = "off" if not site["active"] else f"{site['regime']}\n{site['leaving']}/{site['entering']}"
-            if site["regime"] == "mix":
+            label = OFF if not site["active"] else f"{site['regime']}\n{site['leaving']}/{site['entering']}"
+            if site["regime"] == MIX:
                 label += f"\ng={site['gamma']:.2f}"
             axis.text(column + 0.5, row + 0.5, label, ha="center", va="center", fontsize=8)
     axis.set_xlim(0, max(len(columns), 1))
@@ -70,7 +68,7 @@ def plot_patterns(entries: list[Entry], path: Path) -> Path:
     axis.set_yticks([r + 0.5 for r in range(len(searched))],
                     [f"{budget_label(e.budget or 0)}{' (hybrid)' if e.hybrid else ''}" for e in searched])
     axis.set_title("searched operator pattern per budget (regime, tokens leaving / entering)")
-    axis.legend(handles=[Patch(color=c, label=r) for r, c in REGIME_COLOURS.items()], loc="upper left",
+    axis.legend(handles=[Patch(color=c, label=r) for r, c in PATTERN_COLOURS.items()], loc="upper left",
                 bbox_to_anchor=(1.01, 1), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100, format="png")

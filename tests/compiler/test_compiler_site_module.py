@@ -37,13 +37,13 @@ def test_keep_ratio_is_the_designs_sigmoid_map():
     module = module_of(("eos.deos", "eos"), 1)
     module.beta.data.fill_(0.7)
     c_min = 0.05
-    assert float(module.value("beta").detach()) == pytest.approx(c_min + (1 - c_min) * torch.sigmoid(torch.tensor(0.7)).item())
+    assert float(module.keep.detach()) == pytest.approx(c_min + (1 - c_min) * torch.sigmoid(torch.tensor(0.7)).item())
 
 
 def test_fixed_corner_is_buffers_with_exact_gate():
     module = module_of(("fastv.deos", "fastv"))
     assert not list(module.parameters())
-    assert float(module.value("alpha")) == 1.0 and float(module.value("beta")) == 0.5
+    assert float(module.gate) == 1.0 and float(module.keep) == 0.5
     assert float(module.value("gamma")) == 0.0 and math.isinf(float(module.value("tau")))
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from deos_dsl.errors import Diagnostic, SpaceError
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import format_text, loads, parse
-from deos_dsl.errors import Diagnostic, SpaceError
 from deos_dsl.frontend.formatter import format_module
 from deos_dsl.frontend.regime import regime
 from deos_dsl.frontend.render import diagnostic_text
@@ -55,7 +55,7 @@ def test_constants_fold_with_units():
 def test_defaults_fill_sites_and_missing_blocks_get_documented_defaults():
     space = one("space s {\n  defaults {\n    retain: 50%\n    " + SITE + "\n  }\n  site projector {\n    retain: 25%\n  }\n}\n")
     site = space.sites[0]
-    assert site.retain.amount == ir.Num(value=25, unit="%") and site.score == ir.ScoreSignal(kind="norm")
+    assert site.retain.amount == ir.Num(value=25, unit="%") and site.score == ir.Score(kind="norm")
     assert site.activate == ir.ActivateFixed(on=True)
     assert space.defaults is None and space.parent is None
     assert space.tokens.reducible.kind == "visual" and space.objective.task == "cross_entropy"

@@ -52,7 +52,7 @@ def test_fastv_prunes_half_after_layer_two():
     (site,) = by_name("fastv.deos")["fastv"].sites
     assert ir.RoleSelector(path=["decoder", "layers"], index=ir.Index(items=[ir.Point(at=ir.Num(value=2))])) == site.selectors[0]
     assert site.retain == ir.RetainFixed(amount=ir.Num(value=0.5))
-    assert site.score == ir.ScoreAttention(query="last")
+    assert site.score == ir.Score(kind="attention", option="last")
     assert regime(site.operator)["gamma"].value.value == 0
 
 
@@ -94,6 +94,6 @@ def test_eos_budgets_inherit_and_override():
     assert budgets["tokens.mean"].unit == "%" and budgets["tokens.mean"].value == pytest.approx(64 / 576 * 100)
     assert budgets["flops"] == ir.Num(value=0.25, unit="dense")
     projector, decoder = eos.sites
-    assert projector.score == ir.ScoreSignal(kind="norm") and decoder.score == ir.ScoreAttention(query="text")
+    assert projector.score == ir.Score(kind="norm") and decoder.score == ir.Score(kind="attention", option="text")
     assert isinstance(decoder.activate, ir.ActivateLearned) and decoder.operator.tau.scale == "log"
     assert eos.objective.align.value == 0.1 and eos.policy.relaxation == "hard_concrete"

@@ -32,7 +32,7 @@ def learned_settings(lo: float = 5.0, gamma: ir.Param | None = None) -> ir.SiteS
     return ir.SiteSettings(
         activate=ir.ActivateLearned(init=ir.Num(value=0.5)),
         retain=ir.RetainLearned(lo=pct(lo), hi=pct(100), init=pct(50)),
-        score=ir.ScoreSignal(kind="norm"),
+        score=ir.Score(kind="norm"),
         operator=ir.Operator(form="unified", gamma=gamma or ir.LearnedParam(lo=ir.Num(value=0), hi=ir.Num(value=1),
                                                                              init=ir.Num(value=0.1)),
                              tau=ir.LearnedParam(scale="log", lo=ir.Num(value=0.001), hi=ir.Num(value=1000),
@@ -95,7 +95,7 @@ def test_the_discrete_schedule_meets_the_budget_exactly_or_the_budget_is_out_of_
             if not d.active:
                 assert d.keep == d.leaving == d.entering
                 continue
-            c = float(discretiser.modules[name].value("beta").detach())
+            c = float(discretiser.modules[name].keep.detach())
             allowed = allowed_keeps(discretiser.retains[name], d.entering)
             assert d.keep == min(allowed, key=lambda a: (abs(a - c * d.entering), a))
 
@@ -171,7 +171,7 @@ def test_learned_values_snap_fixed_values_stay_and_settings_rebuild_the_decision
     discretiser.modules[NAMES[0]] = SiteModule(NAMES[0], site, (0, N), 8)
     with torch.no_grad():
         discretiser.modules[NAMES[0]].alpha.fill_(3.0)
-        discretiser.gates[NAMES[0]] = float(discretiser.modules[NAMES[0]].value("alpha"))
+        discretiser.gates[NAMES[0]] = float(discretiser.modules[NAMES[0]].gate)
         discretiser.modules[NAMES[1]].gamma.fill_(-9.0)  # gamma ~ 1.2e-4: snaps to 0
         discretiser.modules[NAMES[1]].tau.fill_(math.log(0.005))  # tau 0.005: snaps to 0 (sharp)
     schedule = discretiser.run(0.02)
@@ -193,7 +193,7 @@ def test_a_bipartite_sites_allowed_keeps_are_what_the_emitted_plan_keeps(enterin
     `plan_site`, so a searched schedule emits the counts it was budgeted with."""
     retain = ir.RetainDrop(amount=ir.Num(value=16, unit="tokens"))
     module = SiteModule("tome", ir.SiteSettings(activate=ir.ActivateFixed(on=True), retain=retain,
-                                                score=ir.ScoreSimilarity(to="tokens"), operator=ir.Operator(form="merge")),
+                                                score=ir.Score(kind="similarity", option="tokens"), operator=ir.Operator(form="merge")),
                         (1, 1 + entering), 8)
     assert module.bipartite
     (keep,) = allowed_keeps(retain, entering, bipartite=True)

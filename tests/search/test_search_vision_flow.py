@@ -21,7 +21,7 @@ from deos_dsl.search.graph import TRACERS, build_search_graph
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 VISUAL, CLS = 144, 1  # the embedded model's reducible visual tokens; the vision tower's CLS
 PROJECTOR_HALF = ir.Site(selectors=[ir.RoleSelector(path=["projector"])], activate=ir.ActivateFixed(on=True),
-                         retain=ir.RetainFixed(amount=ir.Num(value=50.0, unit="%")), score=ir.ScoreSignal(kind="norm"),
+                         retain=ir.RetainFixed(amount=ir.Num(value=50.0, unit="%")), score=ir.Score(kind="norm"),
                          operator=ir.Operator(form="prune"))
 
 
