@@ -25,31 +25,33 @@ from rich.console import Console
 
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.evaluate import evaluate
-from deos_dsl.embedded.vqa import FAMILIES
+from deos_dsl.embedded.vqa import FAMILIES, Batch
 from deos_dsl.frontend import ir, load_spaces
 from deos_dsl.search.constraints import Constraints
-from deos_dsl.search.data import DataSpec
 from deos_dsl.search.discretise import Discretiser, site_retains
 from deos_dsl.search.graph import build_search_graph
 from deos_dsl.search.loop import Options, search
 from deos_dsl.search.validate import schedule_accuracy
+from deos_dsl.tasks import make_task
 
 HERE = Path(__file__).parent
 SPACES = load_spaces(HERE / "search_25.deos")
 BASELINES = [s for s in SPACES if s.name != "eos_25"] + load_spaces(HERE.parent / "spaces" / "pool2x2.deos")
+TASK_MODEL = resolve_model("embedded")
+TASK = make_task("embedded", TASK_MODEL)
 BUDGET = ir.Constraint(quantity="tokens.mean", op="<=", bound=ir.Num(value=25.0, unit="%"))
 
 
 def fixed_schedule(space: ir.Space, batch) -> tuple[float, dict[str, float]]:
     """(discrete tokens.mean, accuracy) of a space whose sites are all fixed."""
     budgeted = space.model_copy(update={"constraints": [BUDGET]})
-    graph = build_search_graph(budgeted, resolve_model("embedded"))
+    graph = build_search_graph(budgeted, TASK_MODEL)
     constraints = Constraints.of(budgeted, graph.block_map, graph.flow, None)
     schedule = Discretiser(constraints, graph.modules, site_retains(budgeted, graph.sites), {}).run(0.0)
     settings = schedule.settings({site.name: budgeted.sites[site.site_index] for site in graph.sites})
     (value,) = schedule.values.values()
     assert constraints.limits[0].met(value) and not schedule.moves, f"{space.name} is not within the budget"
-    return value, schedule_accuracy(graph, settings, batch, torch.device("cpu"))
+    return value, schedule_accuracy(graph, TASK, settings, batch, torch.device("cpu"))
 
 
 def row(name: str, tokens: float | None, accuracy: dict[str, float]) -> str:
@@ -72,12 +74,12 @@ def main() -> None:
     seconds = time.perf_counter() - start
     assert outcome.schedule is not None
     (searched,) = outcome.schedule.values.values()
-    batch = DataSpec.validation(args.val)
+    batch = TASK.eval_batch(args.val, "val")
     rows = [row(f"searched ({outcome.steps_done} steps)", searched, outcome.accuracy["schedule"])]
     for baseline in BASELINES:
         rows.append(row(baseline.name, *fixed_schedule(baseline, batch)))
     model = resolve_model("embedded").model
-    rows.append(row("random 25% (projector, reference)", 0.25, evaluate(model, batch, keep_ratio=0.25)))
+    rows.append(row("random 25% (projector, reference)", 0.25, evaluate(model, Batch(*batch.args, batch.targets, batch.family), keep_ratio=0.25)))
     rows.append(row("dense (reference)", 1.0, outcome.accuracy["dense"]))
     print(f"search: {seconds:.1f} s on CPU ({torch.get_num_threads()} threads), {outcome.steps_done} steps at batch "
           f"{args.batch}; discrete tokens.mean {searched * 100:.2f}% (budget 25%); validation: first {args.val} val examples")

@@ -129,7 +129,7 @@ def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     chosen = _selected_spaces(args, err, exactly_one=False)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    loaded = resolve_model(args.model)
+    loaded = resolve_model(args.model, args.dtype)
     bound = [bind_model(space, loaded) for space in chosen]  # each space on its own trace
     traced = bound[0].traced
     out.print(f"model {loaded.name}: {loaded.source}", highlight=False, markup=False)
@@ -160,7 +160,7 @@ def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    emitted = compile_emitted(chosen[0], resolve_model(args.model))
+    emitted = compile_emitted(chosen[0], resolve_model(args.model, args.dtype))
     _print_lines(emitted_lines(emitted, write_artifacts(emitted, Path(args.out))), out)
     return EXIT_OK
 
@@ -187,7 +187,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
     if chosen is None:
         return EXIT_DIAGNOSTICS
     options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
-                      device=args.device, val_size=args.val)
+                      device=args.device, val_size=args.val, dtype=args.dtype)
     outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
@@ -211,7 +211,7 @@ def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
     if chosen is None:
         return EXIT_DIAGNOSTICS
     conventions = Conventions(causal_halving=args.causal_halving, all_ops=args.all_ops)
-    cost, schedule = cost_space(chosen[0], resolve_model(args.model), conventions)
+    cost, schedule = cost_space(chosen[0], resolve_model(args.model, args.dtype), conventions)
     if args.schedule is not None:
         schedule = load_schedule(Path(args.schedule), cost)
     if args.json:
@@ -225,36 +225,58 @@ EVALUATE_BATCH_SIZES = (1, 32)
 
 
 def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.embedded.vqa import fixed_eval_batch
-    from deos_dsl.measure import compare, comparison_table, load_searched, write_evaluation
+    from deos_dsl.measure import Subject, compare, comparison_table, load_searched, write_evaluation
     from deos_dsl.search.ddp import pick_device
 
-    if args.examples < max(EVALUATE_BATCH_SIZES) or args.repeats < 1:
-        return _usage(f"--examples must be at least {max(EVALUATE_BATCH_SIZES)} (the timing runs the first "
-                      f"{max(EVALUATE_BATCH_SIZES)} at once) and --repeats positive", err)
+    if args.examples < 1 or args.repeats < 1:
+        return _usage("--examples and --repeats must be positive", err)
     device = pick_device(args.device)
     with err.status(f"compiling the searched schedule of {args.directory}") as status:
-        searched = load_searched(Path(args.directory))
-        comparison = compare(searched.dense.to(device), searched.emitted.module.to(device),
-                             fixed_eval_batch("test", args.examples), batch_sizes=EVALUATE_BATCH_SIZES,
-                             repeats=args.repeats, device=device, stage=status.update)
+        searched = load_searched(Path(args.directory), data=args.data, device=str(device))
+        batch = searched.task.eval_batch(args.examples, "test")
+        sizes = tuple(sorted({min(size, len(batch)) for size in EVALUATE_BATCH_SIZES}))
+        dense, emitted = (Subject(lambda size, s=subject: s.at(size).to(device), subject.fixed)
+                          for subject in searched.subjects())
+        comparison = compare(searched.task, dense, emitted, batch, batch_sizes=sizes, repeats=args.repeats,
+                             device=device, stage=status.update)
     paths = write_evaluation(searched, comparison)
     out.print(comparison_table(comparison, searched.title))
     out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
 
 
+def cmd_data(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.data import export_embedded
+
+    path = export_embedded(args.split, args.limit, Path(args.out))
+    out.print(f"wrote {path} ({args.limit} examples of the {args.split} split) and its images", highlight=False,
+              markup=False)
+    return EXIT_OK
+
+
+def data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["export"], help="export: write a dataset in the JSONL form")
+    parser.add_argument("source", choices=["embedded"], help="embedded: the shipped shapes-VQA benchmark")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split (default test)")
+    parser.add_argument("--limit", type=int, default=1000, metavar="N", help="the first N examples (default 1000)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="a new directory: DIR/data.jsonl and DIR/images/")
+
+
 def evaluate_arguments(evaluate_p: argparse.ArgumentParser) -> None:
     evaluate_p.add_argument("directory", metavar="DIR", help="the --out directory of a finished `deos search`")
     evaluate_p.add_argument("--examples", type=int, default=1000, metavar="N",
-                            help="test examples for the accuracy (default 1000; at least 32: the timing runs "
-                            "the first 1 and 32)")
+                            help="test examples for the accuracy (default 1000); the timing runs the first 1 and 32")
     evaluate_p.add_argument("--repeats", type=int, default=20, metavar="N",
                             help="interleaved timing rounds, medians reported (default 20)")
     evaluate_p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    evaluate_p.add_argument("--data", metavar="DATA", help=f"the data to measure on (default: the search's own): {DATA_HELP}")
 
 
-MODEL_HELP = "embedded, hf:<Architecture> (tiny random config) or module:pkg.mod:factory"
+MODEL_HELP = ("embedded, a checkpoint directory (save_pretrained), hf:ORG/NAME (local HF cache, offline), "
+              "hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
+DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
+             "data.jsonl), or module:pkg.mod:factory")
+DTYPE_HELP = "a checkpoint's dtype: float32 (default), bfloat16 or float16"
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
 
 
@@ -263,6 +285,7 @@ def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> Non
     parser.add_argument("space_file", metavar="SPACE", help="a .deos file")
     parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--space", metavar="NAME", help=space_help)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
 
 
 def cost_arguments(cost_p: argparse.ArgumentParser) -> None:
@@ -281,7 +304,7 @@ def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def search_arguments(search_p: argparse.ArgumentParser) -> None:
     add_space_arguments(search_p, "the space to search (needed when the file has several)")
-    search_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
+    search_p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
     search_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
@@ -330,7 +353,7 @@ def study_arguments(study_p: argparse.ArgumentParser) -> None:
     study_p.add_argument("files", nargs="+", metavar="FILE", help=".deos files holding the search space and the baselines")
     study_p.add_argument("--search", required=True, metavar="NAME", help="the space to search at each budget")
     study_p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
-    study_p.add_argument("--data", required=True, metavar="DATA", help="embedded, embedded:shapes_vqa or embedded:shapes_vqa[:N]")
+    study_p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
     study_p.add_argument("--out", required=True, metavar="DIR", help="results directory (finished searches in it are reused)")
     study_p.add_argument("--budgets", nargs="+", type=float, default=list(DEFAULT_BUDGETS), metavar="PERCENT",
                          help="token budgets, percent of the visual tokens (default: 50 33 25 22 11 3)")
@@ -363,6 +386,7 @@ def emit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="MODEL", help=f"{MODEL_HELP} (a .deos file only: a search directory knows its model)")
     parser.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
     parser.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
 
 
 def no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -394,6 +418,7 @@ COMMANDS = (
             evaluate_arguments, cmd_evaluate),
     Command("study", "search a space and fit every baseline at several token budgets; results table, Pareto plot "
             "and operator patterns", study_arguments, cmd_study),
+    Command("data", "write the shipped benchmark as a JSONL dataset (images as PNG)", data_arguments, cmd_data),
     Command("schema", "print the JSON schema of the IR", no_arguments, cmd_schema),
 )
 

@@ -7,6 +7,7 @@ anything else that escapes is a bug. One subclass per stage, so a caller can tel
 
 - `SpaceError`: the front end (parse, resolve, validate a space; bind its sites to a model);
 - `DeosCompileError`: the model (load, trace, map its blocks, emit);
+- `DataError`: a dataset (a JSONL line, an image, a prompt the model's processor cannot take);
 - `CostError`: the cost model (a schedule that does not fit the space);
 - `SearchError`: the search (budgets, data, checkpoints, infeasible constraints);
 - `StudyError`: the baseline study (a space that is no baseline, a budget out of reach);
@@ -71,6 +72,10 @@ class SpaceError(DeosError):
 
 class DeosCompileError(DeosError):
     """The model cannot be loaded, traced, mapped or emitted as the space asks."""
+
+
+class DataError(DeosError):
+    """A dataset the task cannot use: `file:line: problem` for each bad example found."""
 
 
 class CostError(DeosError):

@@ -278,7 +278,8 @@ def _assign_roles(stacks: list[Stack], flow: nx.DiGraph, images: list[fx.Node], 
             if auto[role] is None:
                 raise BlockMapError(f"role override `{role}` -> `{roles[role]}` matches no block stack",
                                     suggest(roles[role], prefixes) or f"block stacks: {', '.join(prefixes)}")
-    fed = [s for s in stacks if any(image in nx.ancestors(flow, s.blocks[0].entry) for image in images)]
+    fed = [s for s in stacks if s not in auto.values() and any(image in nx.ancestors(flow, s.blocks[0].entry)
+                                                               for image in images)]
     auto.setdefault("vision", fed[0] if fed else None)
     rest = [s for s in stacks if s is not auto["vision"]]
     auto.setdefault("decoder", rest[-1] if rest else None)

@@ -43,7 +43,8 @@ class CompactImageTokens(nn.Module):
         self.module = module
         self.token_id, self.placeholders, self.features = token_id, placeholders, features
 
-    def forward(self, **inputs: Any) -> Any:
+    def compact(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """`inputs` with the surplus placeholders (and their mask and label entries) removed."""
         ids: Tensor = inputs["input_ids"]
         image = ids == self.token_id
         surplus = image & (image.cumsum(dim=1) > self.features)
@@ -51,7 +52,10 @@ class CompactImageTokens(nn.Module):
         length = ids.shape[1] - (self.placeholders - self.features)
         kept = torch.argsort(surplus.to(torch.int32), dim=1, stable=True)[:, :length]
         compacted = {name: inputs[name].gather(1, kept) for name in SEQUENCE_INPUTS if inputs.get(name) is not None}
-        return self.module(**{**inputs, **compacted})
+        return {**inputs, **compacted}
+
+    def forward(self, **inputs: Any) -> Any:
+        return self.module(**self.compact(inputs))
 
 
 def compact_image_tokens(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CompactImageTokens:

@@ -4,7 +4,9 @@ Names:
 - `embedded`: the shipped LLaVA-style model (trained weights when the weights file exists,
   otherwise a seeded random init with the same config; `LoadedModel.source` says which);
 - `hf:<Architecture>`: a TINY random-initialised transformers model whose config is built in
-  code (see `HF_BUILDERS`);
+  code (see `HF_BUILDERS`), for conformance;
+- a checkpoint: a `save_pretrained` directory (`./ckpt`, `/models/llava`) or `hf:ORG/NAME` from
+  the local Hugging Face cache, with its processor (`checkpoints.py`; `dtype`, `device`);
 - `module:pkg.mod:factory`: a user factory; `factory()` returns a `LoadedModel`, or a tuple
   `(model, args)` or `(model, args, kwargs)` of the model and its example inputs.
 
@@ -23,6 +25,7 @@ from torch import nn
 from deos_dsl.embedded import EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
 from deos_dsl.frontend.diagnostics import suggest
 
+from .checkpoints import is_checkpoint, load_checkpoint
 from .errors import UnknownModelError
 
 Span = tuple[int, int]
@@ -54,6 +57,7 @@ class LoadedModel:
     source: str = ""
     spans: dict[str, Span] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    processor: Any = None  # a checkpoint's processor (tokenizer, image processor, chat template)
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -150,7 +154,7 @@ HF_BUILDERS: dict[str, Callable[[], LoadedModel]] = {
     "Qwen2Model": _qwen2,
 }
 
-MODEL_NAMES = ("embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory")
+MODEL_NAMES = ("embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
 
 
 def _from_factory(name: str) -> LoadedModel:
@@ -177,15 +181,19 @@ def _from_factory(name: str) -> LoadedModel:
     return loaded
 
 
-def resolve_model(name: str) -> LoadedModel:
-    """The model called `name` (see the module docstring); raises `UnknownModelError`."""
+def resolve_model(name: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """The model called `name` (see the module docstring; `dtype` and `device` apply to a
+    checkpoint); raises `UnknownModelError`."""
     if name == "embedded":
         return _embedded()
     if name.startswith("module:"):
         return _from_factory(name)
+    if is_checkpoint(name):
+        model, processor, inputs, source = load_checkpoint(name, dtype, device)
+        return LoadedModel(name, model, kwargs=inputs, source=source, processor=processor)
     builder = HF_BUILDERS.get(name.removeprefix("hf:")) if name.startswith("hf:") else None
     if builder is None:
         known = ", ".join(MODEL_NAMES)
-        hint = suggest(name, MODEL_NAMES[:-1])
+        hint = suggest(name, MODEL_NAMES[:-3])
         raise UnknownModelError(f"unknown model `{name}`", f"{hint + ' ' if hint else ''}known models: {known}")
     return builder()

@@ -7,7 +7,8 @@ the reducible span. `Span = (start, end)` is the reducible span of the stream.
   (`QUERY_ROWS`: the last token, CLS, or the mean of the text queries = the tokens after the
   span), from the block's own post-RoPE `q [B, H, N, dh]` and `k [B, Hk, N, dh]`, honouring
   the block's mask (its row for that query), `is_causal` and scale, so it works with fused
-  attention kernels;
+  attention kernels; in a right-padded batch each example's own last real token and text
+  rows (the tokens the mask lets the last row attend);
 - `stream_score`: every other score, computed on the block's output stream by its kernel in
   `STREAM_KERNELS`: `norm` (hidden-state norm), `similarity` to `text` (the mean text token)
   or to `tokens` (ToMe bipartite redundancy on the features, even span offsets may merge),
@@ -34,43 +35,61 @@ def grid_side(span: Span) -> int | None:
     return side if side * side == span[1] - span[0] else None
 
 
-def text_rows(n: int, span: Span) -> list[int]:
-    """The text tokens: after the span, else every position outside it."""
-    after = list(range(span[1], n))
-    return after or [i for i in range(n) if not span[0] <= i < span[1]]
-
-
-def _mask_row(attn_mask: Tensor | None, row: int, dtype: torch.dtype) -> Tensor | None:
-    """Additive key bias `[B or 1, N]` of query `row` from a `[B?, H?, Nq, Nk]` mask."""
+def _mask_rows(attn_mask: Tensor | None, rows: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """Additive key bias `[B or 1, N]` of query row `rows[b]` of each example, from a
+    `[B?, H?, Nq, Nk]` mask (masks broadcast over heads: the first head is taken)."""
     if attn_mask is None:
         return None
-    picked = attn_mask[..., row, :]  # [B?, H?, Nk]; masks broadcast over heads: take the first
-    while picked.dim() > 2:
-        picked = picked[:, 0]
-    picked = picked if picked.dim() == 2 else picked[None]
+    mask = attn_mask
+    while mask.dim() > 3:
+        mask = mask[:, 0]
+    mask = mask if mask.dim() == 3 else mask[None]  # [B or 1, Nq, Nk]
+    picked = mask.gather(1, rows[:mask.shape[0], None, None].expand(-1, 1, mask.shape[2]))[:, 0]
     if picked.dtype == torch.bool:
         return torch.where(picked, 0.0, NEG_BIAS).to(dtype)
     return picked.to(dtype).clamp_min(NEG_BIAS)
 
 
-QUERY_ROWS: dict[str, Callable[[int, Span], list[int]]] = {
-    "last": lambda n, span: [n - 1],
-    "cls": lambda n, span: [0],
-    "text": text_rows,
+def _last_rows(positions: Tensor, span: Span, real: Tensor) -> Tensor:
+    return positions[None] == (positions[None] * real).amax(dim=1, keepdim=True)
+
+
+def _cls_rows(positions: Tensor, span: Span, real: Tensor) -> Tensor:
+    return positions[None] == 0
+
+
+def _text_rows(positions: Tensor, span: Span, real: Tensor) -> Tensor:
+    after = real & (positions >= span[1])
+    outside = real & ((positions < span[0]) | (positions >= span[1]))
+    return torch.where(after.any(dim=1, keepdim=True), after, outside)
+
+
+# Which rows a query averages, per example (`[B or 1, N]` bool) from the token positions `[N]`,
+# the span and the REAL tokens `[B, N]` (padding excluded): the last real token, the first
+# (CLS), the real tokens after the span (else every real token outside it).
+QUERY_ROWS: dict[str, Callable[[Tensor, Span, Tensor], Tensor]] = {
+    "last": _last_rows,
+    "cls": _cls_rows,
+    "text": _text_rows,
 }
 
 
 def query_attention(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float | None,
                     query: str, *, span: Span) -> Tensor:
-    """`[B, N]`: attention each key receives from one query row (`query` in `QUERY_ROWS`)."""
-    n = q.shape[2]
-    rows = QUERY_ROWS[query](n, span)
-    row = q[:, :, rows].mean(dim=2, keepdim=True)
-    bias = _mask_row(attn_mask, rows[-1], q.dtype)
+    """`[B, N]`: attention each key receives from one query row (`QUERY_ROWS[query]`), per
+    example: the real tokens are those the mask lets the last row attend (padded batches)."""
+    b, n = q.shape[0], q.shape[2]
+    positions = torch.arange(n, device=q.device)
+    last_row = _mask_rows(attn_mask, torch.full((b,), n - 1, device=q.device), torch.float32)
+    real = torch.ones(b, n, dtype=torch.bool, device=q.device) if last_row is None else (last_row > NEG_BIAS / 2).expand(b, n)
+    rows = QUERY_ROWS[query](positions, span, real).expand(b, n)
+    weights = rows.to(q.dtype) / rows.sum(dim=1, keepdim=True).to(q.dtype)
+    row = (q * weights[:, None, :, None]).sum(dim=2, keepdim=True)
+    last = (positions[None] * rows).amax(dim=1)  # each example's last query row, [B]
+    bias = _mask_rows(attn_mask, last, q.dtype)
     if bias is not None:
-        bias = bias.expand(q.shape[0], -1)
-    positions = torch.tensor([rows[-1]], device=q.device) if is_causal else None
-    return attention_from_query(row, k, scale=scale, query_positions=positions, key_bias=bias)
+        bias = bias.expand(b, -1)
+    return attention_from_query(row, k, scale=scale, query_positions=last[:, None] if is_causal else None, key_bias=bias)
 
 
 def mean_keys(k: Tensor) -> Tensor:
@@ -86,7 +105,9 @@ def _in_span(x: Tensor, span: Span, scores: Tensor) -> Tensor:
 
 def _similarity(x: Tensor, to: str | None, span: Span, features: Tensor | None) -> Tensor:
     if to == "text":
-        return text_similarity(x, x[:, text_rows(x.shape[1], span)])
+        b, n = x.shape[0], x.shape[1]
+        text = _text_rows(torch.arange(n, device=x.device), span, torch.ones(1, n, dtype=torch.bool, device=x.device))
+        return text_similarity(x, x, text.expand(b, n))
     feats = (x if features is None else features)[:, span[0]:span[1]]
     a_set = torch.arange(span[1] - span[0], device=x.device) % 2 == 0
     return _in_span(x, span, bipartite_scores(feats, a_set))

@@ -19,11 +19,13 @@ shape may hold SymInts) and `graph_module(*args, **kwargs)` equals the model's f
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import fx, nn
+from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.export import Dim, ExportedProgram, export
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
@@ -104,11 +106,28 @@ def symbolic_dims(gm: fx.GraphModule) -> dict[str, dict[int, str]]:
     return dims
 
 
+def expand_scatter_masks(gm: fx.GraphModule) -> fx.GraphModule:
+    """`masked_scatter(x, mask, source)` with a mask that broadcasts (`[B, N, 1]` over `[B, N, D]`,
+    how HF VLMs write image features over their placeholders) gets `mask.expand_as(x)`: the same
+    values, and fake-tensor propagation of the broadcast form fails on a symbolic length."""
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.aten.masked_scatter.default):
+        x, mask = node.args[0], node.args[1]
+        if mask.meta["val"].shape == x.meta["val"].shape:
+            continue
+        with gm.graph.inserting_before(node):
+            expanded = gm.graph.call_function(torch.ops.aten.expand_as.default, (mask, x))
+        with detect_fake_mode([x.meta["val"]]) or nullcontext():
+            expanded.meta.update(mask.meta, val=mask.meta["val"].expand_as(x.meta["val"]))
+        node.update_arg(1, expanded)
+    gm.recompile()
+    return gm
+
+
 def export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
     """`export(strict=False)` with `Dim.AUTO` on every sequence dim (`sequence_dynamic_shapes`);
     export specialises a dim silently where the model fixes it (`symbolic_dims` tells)."""
     dynamic = sequence_dynamic_shapes(model, args, kwargs)
-    return export(model, args, kwargs, dynamic_shapes=dynamic, strict=False).module()
+    return expand_scatter_masks(export(model, args, kwargs, dynamic_shapes=dynamic, strict=False).module())
 
 
 def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
@@ -116,18 +135,23 @@ def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     try:
         return export_dynamic(model, args, kwargs)
     except Exception:  # noqa: BLE001  (any export failure: the static retry decides)
-        return export(model, args, kwargs, strict=False).module()
+        return expand_scatter_masks(export(model, args, kwargs, strict=False).module())
 
 
-def propagate(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Fill `meta['val']` of every node with fake tensors computed from the example inputs."""
+def placeholder_values(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> list[Any]:
+    """The value of each placeholder of `gm` (a trace of `root`) for the call `root(*args, **kwargs)`."""
     placeholders = gm.graph.find_nodes(op="placeholder")
     if kwargs and root is not None:
         bound = _bound_inputs(root, args, kwargs)
         bound.apply_defaults()
-        values = [bound.arguments.get(node.target) for node in placeholders]
-    else:
-        values = list(args) + [kwargs.get(node.target) for node in placeholders[len(args):]]
+        return [bound.arguments.get(node.target) for node in placeholders]
+    return list(args) + [kwargs.get(node.target) for node in placeholders[len(args):]]
+
+
+def propagate(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Fill `meta['val']` of every node with fake tensors computed from the example inputs."""
+    values = placeholder_values(gm, root, args, kwargs)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fakes = [mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in values]
     FakeTensorProp(gm, mode).propagate(*fakes)

@@ -15,7 +15,7 @@ gates. `flops(schedule)` evaluates it exactly for a discrete schedule (`SitePoin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping
 
 import sympy
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .formulas import Conventions
+from .symbols import B
 
 Kinds = Iterable[str] | None
 # the sympy functions a cost expression may hold, as torch functions (differentiable)
@@ -94,6 +95,10 @@ class Cost:
     conventions: Conventions = field(default_factory=Conventions)
     uncounted: list[str] = field(default_factory=list)
     dead: dict[str, sympy.Expr] = field(default_factory=dict)
+
+    def per_example(self) -> Cost:
+        """This cost at batch size 1 (every cost is linear in `B`)."""
+        return replace(self, base={**self.base, B: 1})
 
     # ---- expressions --------------------------------------------------------------------------
     def model(self, kinds: Kinds = None) -> sympy.Expr:

@@ -350,7 +350,7 @@ class Constraint(Node):
 
 
 class Objective(Node):
-    task: Literal["cross_entropy", "kl"] | None = None
+    task: Literal["cross_entropy", "lm", "kl"] | None = None
     align: Expr | None = None
 
 

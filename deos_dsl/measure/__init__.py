@@ -1,7 +1,7 @@
 """deos_dsl.measure: what an emitted graph really saves, measured against the dense model.
 
 >>> searched = load_searched(Path("runs/s25"))          # a finished `deos search` directory
->>> comparison = compare(searched.dense, searched.emitted.module, fixed_eval_batch())
+>>> comparison = compare(searched.task, *searched.subjects(), searched.task.eval_batch(1000))
 >>> comparison.ideal_speedup, comparison.speedup(32), comparison.efficiency(32)
 
 One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `latency`
@@ -10,13 +10,13 @@ One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `laten
 `deos evaluate DIR` runs them on a search directory.
 """
 
-from .compare import Comparison, Measured, accuracy_and_flops, compare
+from .compare import Comparison, Measured, Subject, accuracy_and_flops, compare
 from .flops import counted_flops
 from .latency import median_latencies
 from .render import comparison_markdown, comparison_table
 from .searched import Searched, load_searched, write_evaluation
 
 __all__ = [
-    "Comparison", "Measured", "Searched", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
+    "Comparison", "Measured", "Searched", "Subject", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
     "load_searched", "median_latencies", "write_evaluation",
 ]

@@ -1,7 +1,9 @@
 """The dense model against its emitted (really reduced) graph: accuracy, FLOPs and latency.
 
-Both take `(pixels [B, 3, H, W], question [B, L])` and answer logits `[B, A]` (the embedded
-model and any emitted graph of it accept every batch size). Measured on one evaluation batch:
+Both run through the task (`deos_dsl.tasks`): its batches are their inputs, its accuracy reads
+their outputs. A `Subject` is a model to measure: `at(B)` the module for batch size B (one
+module for every B, or one compiled per B for a graph exported at a fixed batch size: `fixed`).
+Measured on one evaluation batch:
 
 - accuracy (%) per question family and overall, on the whole batch;
 - FLOPs per example, counted (`flops.counted_flops`) at batch 1;
@@ -21,16 +23,33 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch import nn
 
-from deos_dsl.embedded.evaluate import accuracy_per_family
-from deos_dsl.embedded.vqa import Batch
-from deos_dsl.search.validate import predictions
+from deos_dsl.data import Encoded
+from deos_dsl.tasks import Task
 
 from .flops import counted_flops
 from .latency import median_latencies
 
 MODELS = ("dense", "emitted")
-Model = Callable[[torch.Tensor, torch.Tensor], Any]
+FREE_CHUNK = 250  # examples per call of a module that takes any batch size
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model to measure: `at(batch_size)` gives the module to call with that many examples;
+    `fixed`: it takes exactly that many (a graph exported at one batch size)."""
+
+    at: Callable[[int], nn.Module]
+    fixed: bool = False
+
+    @staticmethod
+    def of(module: nn.Module) -> Subject:
+        return Subject(lambda _: module)
+
+
+def call(module: nn.Module, batch: Encoded) -> Any:
+    return module(*batch.args, **batch.kwargs)
 
 
 @dataclass(frozen=True)
@@ -84,37 +103,34 @@ class Comparison:
                 "efficiency": {str(size): self.efficiency(size) for size in self.batch_sizes}}
 
 
-def _first(batch: Batch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch.pixels[:size].to(device), batch.question[:size].to(device)
+def accuracy_and_flops(task: Task, subject: Subject, batch: Encoded, device: torch.device,
+                       chunk: int = FREE_CHUNK) -> tuple[dict[str, float], int]:
+    """Accuracy (%) per family and overall of `subject` on `batch` (`chunk` examples per call),
+    and its counted FLOPs for one example (the batch's first)."""
+    size = chunk if subject.fixed else FREE_CHUNK
+    accuracy = task.evaluate(partial(call, subject.at(size)), batch, device, size, subject.fixed)
+    return accuracy, counted_flops(partial(call, subject.at(1)), (batch.rows(0, 1).to(device),))
 
 
-def accuracy_and_flops(model: Model, batch: Batch, device: torch.device) -> tuple[dict[str, float], int]:
-    """Accuracy (%) per family and overall of `model` on `batch`, and its counted FLOPs for one
-    example (the batch's first)."""
-    accuracy = accuracy_per_family(predictions(model, batch, device), batch)
-    return accuracy, counted_flops(model, _first(batch, 1, device))
-
-
-def compare(dense: Model, emitted: Model, batch: Batch, *, batch_sizes: tuple[int, ...] = (1, 32),
+def compare(task: Task, dense: Subject, emitted: Subject, batch: Encoded, *, batch_sizes: tuple[int, ...] = (1, 32),
             repeats: int = 20, warmup: int = 3, device: torch.device | str = "cpu",
             stage: Callable[[str], object] = lambda _: None) -> Comparison:
-    """Measure `dense` and `emitted` (modules already on `device`) on `batch` (module docstring);
+    """Measure `dense` and `emitted` (their modules on `device`) on `batch` (module docstring);
     `batch` needs at least `max(batch_sizes)` examples. `stage(text)` is told what runs now."""
     device = torch.device(device)
-    if len(batch.answer) < max(batch_sizes):
-        raise ValueError(f"timing at batch size {max(batch_sizes)} needs as many examples, got {len(batch.answer)}")
-    models = dict(zip(MODELS, (dense, emitted)))
+    if len(batch) < max(batch_sizes):
+        raise ValueError(f"timing at batch size {max(batch_sizes)} needs as many examples, got {len(batch)}")
+    subjects = dict(zip(MODELS, (dense, emitted)))
     accuracy, flops = {}, {}
-    for name, model in models.items():
-        stage(f"accuracy and FLOPs of the {name} model on {len(batch.answer)} examples")
-        accuracy[name], flops[name] = accuracy_and_flops(model, batch, device)
+    for name, subject in subjects.items():
+        stage(f"accuracy and FLOPs of the {name} model on {len(batch)} examples")
+        accuracy[name], flops[name] = accuracy_and_flops(task, subject, batch, device, max(batch_sizes))
     latency: dict[str, dict[int, float]] = {name: {} for name in MODELS}
     for size in batch_sizes:
         stage(f"timing at batch size {size} ({repeats} interleaved rounds)")
-        inputs = _first(batch, size, device)
-        runners = {name: partial(model, *inputs) for name, model in models.items()}
+        rows = batch.rows(0, size).to(device)
+        runners = {name: partial(call, subject.at(size), rows) for name, subject in subjects.items()}
         for name, seconds in median_latencies(runners, repeats, warmup, device).items():
             latency[name][size] = seconds
     dense_measured, emitted_measured = (Measured(accuracy[name], flops[name], latency[name]) for name in MODELS)
-    return Comparison(dense_measured, emitted_measured, len(batch.answer), str(device), torch.get_num_threads(),
-                      repeats)
+    return Comparison(dense_measured, emitted_measured, len(batch), str(device), torch.get_num_threads(), repeats)

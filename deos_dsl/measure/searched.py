@@ -1,45 +1,71 @@
 """A finished search directory, compiled for measurement, and its evaluation files.
 
 `load_searched` reads `run.json` and `schedule.json` (`SearchError` for a missing or corrupt
-directory), checks that the search's model answers shapes-VQA batches (the check of `deos
-search --data`) and compiles the discrete schedule into the emitted graph, which really drops
-the tokens. `write_evaluation` writes `evaluation.json` and `evaluation.md` beside them.
+directory), makes the task of the search's data (or of other data: `deos evaluate --data`)
+and compiles the discrete schedule into the emitted graph, which really drops the tokens (a
+graph exported at a fixed batch size is compiled again for each batch size measured).
+`write_evaluation` writes `evaluation.json` and `evaluation.md` beside them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from deos_dsl.compiler.models import LoadedModel, resolve_model
+from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.files import write_text_atomically
+from deos_dsl.frontend import ir
 from deos_dsl.pipeline.emit import Emitted, compile_emitted
-from deos_dsl.search.data import check_model, parse_data
 from deos_dsl.search.result import Run, read_run, read_schedule, write_json
+from deos_dsl.tasks import Task, make_task
 
-from .compare import Comparison
+from .compare import Comparison, Subject
 from .render import comparison_markdown
 
 EVALUATION_JSON, EVALUATION_MD = "evaluation.json", "evaluation.md"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Searched:
     """The search in `directory`: its `run`, the discrete `tokens.mean` of its schedule (None
-    when the space limits no `tokens.mean`), the dense model and the emitted graph."""
+    when the space limits no `tokens.mean`), the task it is measured on, the dense model and the
+    emitted graph (compiled on the model's example inputs)."""
 
     directory: Path
     run: Run
     tokens_mean: float | None
-    dense: nn.Module
+    task: Task
+    loaded: LoadedModel
+    settings: dict[str, ir.SiteSettings]
     emitted: Emitted
+    _by_size: dict[int, nn.Module] = field(default_factory=dict)
+
+    @property
+    def dense(self) -> nn.Module:
+        return self.loaded.model
 
     @property
     def title(self) -> str:
         return f"{self.run.space.name} on {self.run.model}: dense vs emitted ({self.directory})"
+
+    def emitted_at(self, batch_size: int) -> nn.Module:
+        """The emitted model for `batch_size` examples per call (one graph for every size when
+        traced symbolically; else compiled at that size on the task's first examples)."""
+        if self.emitted.traced.tracer == SYMBOLIC:
+            return self.emitted.module
+        if batch_size not in self._by_size:
+            rows = self.task.eval_batch(batch_size).to(next(self.dense.parameters()).device)
+            example = replace(self.loaded, args=rows.args, kwargs=rows.kwargs)
+            self._by_size[batch_size] = compile_emitted(self.run.space, example, self.settings).module
+        return self._by_size[batch_size]
+
+    def subjects(self) -> tuple[Subject, Subject]:
+        """The dense model and the emitted one, as `compare` measures them."""
+        return Subject.of(self.dense), Subject(self.emitted_at, fixed=self.emitted.traced.tracer != SYMBOLIC)
 
 
 def tokens_mean(schedule: dict[str, Any]) -> float | None:
@@ -48,23 +74,24 @@ def tokens_mean(schedule: dict[str, Any]) -> float | None:
     return float(values[0]) if values else None
 
 
-def load_searched(directory: Path, loaded: LoadedModel | None = None) -> Searched:
+def load_searched(directory: Path, loaded: LoadedModel | None = None, data: str | None = None,
+                  device: str = "cpu") -> Searched:
     """Load and compile the search in `directory` (module docstring) on `loaded` when that is
     the search's model (a caller that holds it saves a reload), else on the model the run names;
-    raises `SearchError`, `DeosCompileError` or `DeosError`."""
+    measured on `data` (default: the search's own). Raises `DeosError`."""
     run = read_run(directory)
     schedule, settings = read_schedule(directory)
     if loaded is None or loaded.name != run.model:
-        loaded = resolve_model(run.model)
-    check_model(parse_data(run.data), loaded)
+        loaded = resolve_model(run.model, run.dtype, device)
+    task = make_task(data or run.data, loaded)
     emitted = compile_emitted(run.space, loaded, settings)
-    return Searched(directory, run, tokens_mean(schedule), loaded.model, emitted)
+    return Searched(directory, run, tokens_mean(schedule), task, loaded, settings, emitted)
 
 
 def evaluation_json(searched: Searched, comparison: Comparison) -> dict[str, Any]:
-    """What `evaluation.json` holds: the search's space, model and `tokens.mean`, then the comparison."""
-    return {"space": searched.run.space.name, "model": searched.run.model, "tokens_mean": searched.tokens_mean,
-            **comparison.to_json()}
+    """What `evaluation.json` holds: the search's space, model, data and `tokens.mean`, then the comparison."""
+    return {"space": searched.run.space.name, "model": searched.run.model, "data": searched.task.name,
+            "tokens_mean": searched.tokens_mean, **comparison.to_json()}
 
 
 def write_evaluation(searched: Searched, comparison: Comparison) -> list[Path]:

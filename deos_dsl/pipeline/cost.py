@@ -3,8 +3,8 @@
 `cost_space(space, loaded)` binds the space on the model (`bind_model`: trace, block map,
 bind_sites, insert_scores, so that each site's score is costed) and runs `attach_cost`; it
 returns the `Cost` and the space's own schedule. `search_flops(bound)` costs a relaxed
-search graph and returns its `CostFunction` (the FLOPs at the reducible counts leaving each
-site, `dense` the dense model's).
+search graph and returns its `CostFunction` (the FLOPs per example at the reducible counts
+leaving each site, `dense` the dense model's).
 """
 
 from __future__ import annotations
@@ -26,5 +26,6 @@ def cost_space(space: ir.Space, loaded: LoadedModel,
 
 
 def search_flops(bound: Bound) -> CostFunction:
-    """The reduced FLOPs of a relaxed search graph as a torch function of the leaving counts."""
-    return attach_cost(bound).torch_function()
+    """The reduced FLOPs PER EXAMPLE of a relaxed search graph, as a torch function of the
+    leaving counts (a FLOPs budget does not depend on the batch a search runs at)."""
+    return attach_cost(bound).per_example().torch_function()

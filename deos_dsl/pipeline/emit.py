@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +48,12 @@ from torch.utils import _pytree as pytree
 from deos_dsl.compiler.blocks import BlockMap, Stack, build_block_map
 from deos_dsl.compiler.errors import UntraceableModelError
 from deos_dsl.compiler.hard_site import SitePlan
-from deos_dsl.compiler.image_tokens import compact_image_tokens
+from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
 from deos_dsl.errors import DeosCompileError
+from deos_dsl.files import write_directory_atomically
 from deos_dsl.frontend import ir
 
 from .compile import Bound, bind, bind_traced, discretise
@@ -124,6 +123,60 @@ def _refuse_crossing_sizes(bound: Bound) -> None:
                                "set `proportional: off` on the projector site")
 
 
+@dataclass(frozen=True)
+class Part:
+    """The sites of a space on one side of a stack (`inside` it or not): a space of those site
+    entries alone, and the renaming of site names between it (`part@j`) and the space (`@i`)."""
+
+    space: ir.Space
+    indexes: tuple[int, ...]  # the space's site entries, in the part's order
+
+    @classmethod
+    def of(cls, space: ir.Space, bound: Bound, stack: str, inside: bool) -> Part:
+        indexes = tuple(sorted({site.site_index for site in bound.sites if (site.block.stack == stack) == inside}))
+        straddling = {site.site_index for site in bound.sites if site.block.stack == stack} & \
+            {site.site_index for site in bound.sites if site.block.stack != stack}
+        if straddling:
+            raise DeosCompileError(f"site {min(straddling)} of `{space.name}` selects blocks of `{stack}` and of the "
+                                   "decoder, which are emitted in two stages", "write one site per stack")
+        return cls(space.model_copy(update={"sites": [space.sites[i] for i in indexes]}), indexes)
+
+    def inward(self, name: str) -> str | None:
+        """The part's name of the space's site `name` (None: not in the part)."""
+        path, _, index = name.rpartition("@")
+        return f"{path}@{self.indexes.index(int(index))}" if int(index) in self.indexes else None
+
+    def outward(self, name: str) -> str:
+        path, _, index = name.rpartition("@")
+        return f"{path}@{self.indexes[int(index)]}"
+
+    def settings(self, settings: dict[str, ir.SiteSettings] | None) -> dict[str, ir.SiteSettings]:
+        return {inner: value for name, value in (settings or {}).items() if (inner := self.inward(name)) is not None}
+
+
+def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: Stack,
+                   settings: dict[str, ir.SiteSettings] | None) -> Emitted:
+    """A vision / projector stack that feeds a decoder with sites of its own: stage 1 emits the
+    stack's sites alone (re-traced, fewer image tokens: `CompactImageTokens`); stage 2 emits
+    the decoder's sites on that reduced model, fed the compacted inputs. The result takes the
+    original inputs; its plans and lengths carry the space's own site names."""
+    first, second = Part.of(space, bound, stack.prefix, True), Part.of(space, bound, stack.prefix, False)
+    staged = compile_emitted(first.space, loaded, first.settings(settings))
+    whole = staged.module
+    assert isinstance(whole, CompactImageTokens)
+    decoder = bound.block_map.stack("decoder")
+    assert decoder is not None
+    # the reduced stack runs as one opaque graph: name the decoder, which its blocks no longer tell
+    reduced = LoadedModel(loaded.name, whole.module, kwargs=whole.compact(loaded.kwargs), source=loaded.source,
+                          roles={**loaded.roles, "decoder": decoder.prefix})
+    decoded = compile_emitted(second.space, reduced, second.settings(settings))
+    plans = {first.outward(n): p for n, p in staged.plans.items()} | {second.outward(n): p for n, p in decoded.plans.items()}
+    lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
+    module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
+    ordered = {site.name: plans[site.name] for site in bound.sites}
+    return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs)
+
+
 def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None = None) -> Emitted:
     """Run the emit pipeline (module docstring); `settings[site name]` replaces the space's
     settings of that bound site (a searched schedule: fixed gate, keep count and regime).
@@ -136,12 +189,16 @@ def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir
     if stack is None:
         plans, lengths = discretise(bound)
         return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs)
-    if stack.role == "projector" and bound.block_map.stack("decoder") is not None:
+    decoder = block_map.stack("decoder")
+    if decoder is not None and stack.role in ("vision", "projector") and \
+            any(site.block.stack == decoder.prefix for site in bound.sites):
+        return _in_two_stages(space, loaded, bound, stack, settings)
+    if stack.role == "projector" and decoder is not None:
         _refuse_crossing_sizes(bound)
-    retraced = retrace_stack(bound.block_map, stack)
+    retraced = retrace_stack(block_map, stack)
     plans, lengths = discretise(bind_traced(space, retraced.traced, retraced.roles, retraced.spans, settings))
     return Emitted(loaded.name, space.name, retraced.traced, plans, lengths,
-                   _whole_model(retraced, bound.block_map, stack), traced.args, traced.kwargs)
+                   _whole_model(retraced, block_map, stack), traced.args, traced.kwargs)
 
 
 class FlatOutputs(nn.Module):
@@ -189,9 +246,8 @@ def write_artifacts(emitted: Emitted, out: Path) -> list[Path]:
     if out.exists():
         raise DeosCompileError(f"output directory {out} already exists", "choose a new --out or remove it")
     program = export_program(emitted)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+
+    def fill(temp: Path) -> None:
         torch.export.save(program, temp / "model.pt2")
         unsafe = unsafe_payloads(temp / "model.pt2")
         if unsafe:
@@ -199,8 +255,6 @@ def write_artifacts(emitted: Emitted, out: Path) -> list[Path]:
                                    "report the model: emitted archives must load without unpickling")
         (temp / "model.py").write_text(emitted.graph_module.code, encoding="utf-8")
         (temp / "plan.json").write_text(json.dumps(emitted.plan_json(), indent=2) + "\n", encoding="utf-8")
-        temp.rename(out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+
+    write_directory_atomically(out, fill)
     return [out / name for name in ARTIFACTS]

@@ -12,6 +12,11 @@ node of the stream is replaced by a new last input and what only fed it is remov
 `dense(*inputs, stream) -> (model output, hidden)` recomputes nothing that precedes the first
 site (the vision tower, for a projector site): the relaxed graph's `stream` is that value.
 
+Both graphs take their inputs flat, one value per graph input (`inputs(batch)` maps a task's
+batch onto them; an exported graph's pytree input and output handling is removed, and the
+model's output is rebuilt from its leaves, `model_output`). A graph traced by `torch.export`
+is specialised to the batch size it was traced at: the search traces at its own batch shape.
+
 `install` swaps the site modules of the relaxed graph (e.g. the discrete modules of a
 schedule, for validation); the model itself is never modified and stays frozen.
 """
@@ -20,23 +25,25 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, fx
+from torch.utils import _pytree as pytree
 
 from deos_dsl.compiler.blocks import Block, BlockMap, build_block_map
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores
-from deos_dsl.compiler.trace import EXPORT, LANGUAGE_MODEL, SYMBOLIC, trace
+from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, placeholder_values, trace
+from deos_dsl.data import Encoded
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 from deos_dsl.pipeline import Bound, bind_model, relax
 
 from .constraints import TokenFlow
 
-TRACERS = (SYMBOLIC, EXPORT, LANGUAGE_MODEL)
+TRACERS = (SYMBOLIC, EXPORT)
 
 
 @dataclass
@@ -54,6 +61,7 @@ class SearchGraph:
     flow: TokenFlow
     dense: fx.GraphModule
     protected: Tensor
+    out_spec: Any = None  # how the model's output leaves nest (an exported graph), else None
 
     @property
     def space(self) -> ir.Space:
@@ -79,6 +87,24 @@ class SearchGraph:
     def gm(self) -> fx.GraphModule:
         return self.block_map.graph_module
 
+    def inputs(self, batch: Encoded, graph: fx.GraphModule | None = None) -> list[Any]:
+        """The inputs of `graph` (default: the relaxed graph) for `batch`, in order."""
+        traced = self.block_map.traced
+        return placeholder_values(graph or self.gm, traced.root, batch.args, batch.kwargs)
+
+    def model_output(self, output: Any) -> Any:
+        """The model's own output from the graph's first output (its leaves, for an export)."""
+        return output if self.out_spec is None else pytree.tree_unflatten(list(output), self.out_spec)
+
+    def run(self, batch: Encoded) -> Any:
+        """The model output of the relaxed graph on `batch`."""
+        return self.model_output(self.gm(*self.inputs(batch))[0])
+
+    def run_dense(self, batch: Encoded, stream: Tensor) -> tuple[Any, Tensor]:
+        """`(model output, hidden)` of the dense reference from the relaxed graph's `stream`."""
+        output, hidden = self.dense(*self.inputs(batch, self.dense)[:-1], stream)  # its last input: the stream
+        return self.model_output(output), hidden
+
     def submodule(self, name: str) -> str:
         """The graph attribute holding site `name`'s module."""
         return f"{RELAXED_PREFIX}{[site.name for site in self.sites].index(name)}"
@@ -98,6 +124,19 @@ def _stream_after(node: fx.Node) -> fx.Node:
         node = next(u for u in call.users if u.args[1] == 0)
 
 
+def _flat_io(traced: TracedModel) -> Any:
+    """Make an exported graph take its inputs flat and return its output leaves as they are
+    (no pytree handling, no input-spec check); returns the output spec (None: plain fx)."""
+    gm = traced.graph_module
+    codegen = gm.graph._codegen
+    spec = getattr(getattr(codegen, "pytree_info", None), "out_spec", None)
+    if spec is not None:
+        gm.graph.set_codegen(fx.graph.CodeGen())
+        gm._forward_pre_hooks.clear()
+        gm.recompile()
+    return spec
+
+
 def _expose(gm: fx.GraphModule, *nodes: fx.Node) -> None:
     """Make `gm` return `(its output, *nodes)`."""
     output = gm.graph.output_node()
@@ -108,8 +147,8 @@ def _expose(gm: fx.GraphModule, *nodes: fx.Node) -> None:
 
 def _cut_before(gm: fx.GraphModule, stream: fx.Node) -> None:
     """Replace `stream` by a new last input and drop the nodes that only computed it."""
-    first = next(node for node in gm.graph.nodes if node.op != "placeholder")
-    with gm.graph.inserting_before(first):
+    last = list(gm.graph.find_nodes(op="placeholder"))[-1]
+    with gm.graph.inserting_after(last):
         given = gm.graph.placeholder("site_stream")
     given.meta = dict(stream.meta)
     stream.replace_all_uses_with(given)
@@ -119,7 +158,8 @@ def _cut_before(gm: fx.GraphModule, stream: fx.Node) -> None:
 
 
 def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
-    """Trace, bind, score and relax (module docstring); raises `DeosCompileError` / `SpaceError`."""
+    """Trace, bind, score and relax (module docstring) on `loaded`'s example inputs (the shape
+    the search runs at); raises `DeosCompileError` / `SpaceError`."""
     bound = bind_model(space, loaded, TRACERS)
     if not bound.block_map.stacks:
         raise DeosCompileError("the model has no block stack to search over")
@@ -127,9 +167,11 @@ def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
         raise DeosCompileError(f"space `{space.name}` has no site to search", "add a `site` to the space")
     relax(bound)
     block_map, sites = bound.block_map, bound.sites
+    out_spec = _flat_io(block_map.traced)
     last = _last_block(block_map)
     _expose(block_map.graph_module, _stream_after(last.exit), sites[0].node)
     dense_map = build_block_map(trace(loaded.model, loaded.args, loaded.kwargs, tracers=TRACERS), loaded.roles, loaded.spans)
+    _flat_io(dense_map.traced)
     _expose(dense_map.graph_module, _last_block(dense_map).exit)
     first = next(block for block in dense_map.blocks() if block.path == sites[0].block.path)
     _cut_before(dense_map.graph_module, first.exit)
@@ -139,7 +181,7 @@ def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
     protected = torch.tensor([not span[0] <= i < span[1] for i in range(length)])
     if not protected.any():
         protected = torch.ones(length, dtype=torch.bool)
-    return SearchGraph(bound, loaded, flow, dense_map.graph_module, protected)
+    return SearchGraph(bound, loaded, flow, dense_map.graph_module, protected, out_spec)
 
 
 @contextmanager

@@ -7,10 +7,11 @@ Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.a
 2. constraints on the EXPECTED schedule: `TokenFlow` with each gate's `E[z]` at `T_s` and each
    site's keep rule; violations `g`, penalty `mu * max(0, g) + rho / 2 * max(0, g)^2`
    (`lagrangian.py`); its gradient is taken first, apart (it depends on the parameters alone);
-3. objective on the train batch: the task loss (`cross_entropy` on the answers, or `kl` to the
-   dense model's answers) + `align * ||h - h_dense||^2 / ||h_dense||^2`, the relative squared
-   error of the final hidden states on the protected (non-reducible) positions, per example;
-   the dense reference runs without gradient only when needed (align > 0 or kl);
+3. objective on the train batch (the task's, `deos_dsl.tasks`): the answer loss (`cross_entropy`
+   / `lm`, teacher-forced for a language model) or `kl` to the dense model's answers, plus
+   `align * ||h - h_dense||^2 / ||h_dense||^2`, the relative squared error of the final hidden
+   states on the protected (non-reducible, non-padding) positions, per example; the dense
+   reference runs without gradient only when needed (align > 0 or kl);
 4. backward of the objective (averaged over processes by DDP), the usefulness estimate
    `-d objective / d c` of every learned keep ratio is updated (running mean, decay 0.9, for
    the discretiser's repair), the penalty gradient is added, the optimiser steps
@@ -20,33 +21,34 @@ The main process logs each step (`log.py`), checkpoints every `checkpoint_every`
 the end (`checkpoint.py`), then discretises (`discretise.py`), validates (`validate.py`) and
 writes the result and the plots. On CUDA both forwards run under bf16 autocast.
 
-Every check of the input happens before any compute (`Search.__init__`): data spec, model and
-data fit, output directory / checkpoint, and the reachability of every budget on the bound
-model.
+Every check of the input happens before any compute (`Search.__init__`): the model, the data
+(`make_task`: every example checked), the objective against the data, the output directory /
+checkpoint, and the reachability of every budget on the bound model. The graphs are traced at
+the search's own batch shape (the first train batch of this process).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor
 
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.data import Encoded
 from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
 from deos_dsl.pipeline import search_flops
+from deos_dsl.tasks import make_task
 
 from . import ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
-from .data import check_model, parse_data
 from .discretise import Discretiser, Schedule, site_retains
 from .graph import SearchGraph, build_search_graph
 from .lagrangian import AugmentedLagrangian
@@ -71,6 +73,7 @@ class Options:
     device: str = "auto"
     val_size: int = 1000
     stop_after: int | None = None
+    dtype: str = "float32"
 
 
 @dataclass
@@ -97,6 +100,19 @@ def step_noise(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) % (1 << 63))
 
 
+def absolute(name: str) -> str:
+    """A model or data name that is a path, made absolute (`embedded`, `hf:`, `module:` as they are)."""
+    return str(Path(name).resolve()) if ":" not in name and name != "embedded" and Path(name).exists() else name
+
+
+def _real_tokens(batch: Encoded, length: int) -> Tensor:
+    """`[B, N]` bool: the tokens that are no padding (all of them without an attention mask)."""
+    mask = batch.kwargs.get("attention_mask")
+    if mask is None or mask.shape[1] != length:
+        return torch.ones(len(batch), length, dtype=torch.bool, device=batch.family.device)
+    return mask.bool()
+
+
 def flops_model(graph: SearchGraph) -> FlopsModel:
     """The symbolic cost model's differentiable FLOPs of `graph`'s sites (`deos_dsl.cost`)."""
     return search_flops(graph.bound)
@@ -110,14 +126,18 @@ class Search:
         assert space.policy is not None and space.objective is not None, "a resolved space has its policy and objective"
         self.policy, self.objective = policy, _ = space.policy, space.objective
         self.space, self.out, self.options, self.console = space, out, options, console
-        self.spec = parse_data(data)
+        model, data = absolute(model), absolute(data)  # run.json names them wherever it is read from
         steps = options.steps or int(number(policy.steps))
-        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)))
+        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)), options.dtype)
         if options.batch_size < 1 or options.checkpoint_every < 1:
             raise SearchError("--batch and --checkpoint-every must be positive")
-        self.loaded = resolve_model(model)
-        check_model(self.spec, self.loaded)
         self.device = ddp.pick_device(options.device)
+        self.loaded = resolve_model(model, options.dtype, str(self.device))
+        self.task = make_task(data, self.loaded)
+        refused = self.task.check_objective(self.objective.task)
+        if refused is not None:
+            raise SearchError(f"{refused}, and `{data}` has examples without one",
+                              "use `objective { task: kl }` (label-free), or give every example an answer")
         self.world = ddp.join(self.device)
         try:
             self._check_and_build(space, model, resume)
@@ -133,7 +153,8 @@ class Search:
                               "use a batch size divisible by the number of processes")
         self.state = self._check_out(resume)
         torch.manual_seed(self.run_info.seed)
-        self.graph = build_search_graph(space, self.loaded)
+        example = self.task.train_batch(0, options.batch_size, self.world.rank, self.world.size).to(self.device)
+        self.graph = build_search_graph(space, replace(self.loaded, args=example.args, kwargs=example.kwargs))
         flops = flops_model(self.graph) if any(c.quantity == "flops" for c in space.constraints) else None
         self.constraints = Constraints.of(space, self.graph.block_map, self.graph.flow, flops)
         self.retains = site_retains(space, self.graph.sites)
@@ -232,33 +253,27 @@ class Search:
         values = self.constraints.values(self.graph.flow.through(leave), gates)
         return [torch.as_tensor(v, device=self.device) for v in values], {name: float(g.detach()) for name, g in gates.items()}
 
-    def _objective(self, model: torch.nn.Module, step: int, objective: ir.Objective) -> dict[str, Tensor]:
-        batch = self.spec.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size)
-        pixels, question = batch.pixels.to(self.device), batch.question.to(self.device)
-        answer = batch.answer.to(self.device)
+    def _objective(self, step: int, objective: ir.Objective) -> dict[str, Tensor]:
+        batch = self.task.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size).to(self.device)
         weight = number(objective.align)
         kl = objective.task == "kl"
         cuda = self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            logits, hidden, stream = model(pixels, question)
+            output, hidden, stream = self.model(*self.graph.inputs(batch))  # through DDP when distributed
+            output = self.graph.model_output(output)
             reference = None
             if weight > 0 or kl:
                 with torch.no_grad():
-                    reference = self.graph.dense(pixels, question, stream)
-        logits, hidden = logits.float(), hidden.float()
-        if kl:
-            assert reference is not None
-            task = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference[0].float(), -1), log_target=True,
-                            reduction="batchmean")
-        else:
-            task = F.cross_entropy(logits, answer)
+                    reference = self.graph.run_dense(batch, stream)
+        logits = self.task.logits(output)
+        task = self.task.loss(logits, batch, objective.task, None if reference is None else self.task.logits(reference[0]))
         align = torch.zeros((), device=self.device)
         if weight > 0:
             assert reference is not None
-            keep = self.graph.protected.to(self.device)
-            target = reference[1].float()[:, keep]
-            error = (hidden[:, keep] - target).square().flatten(1).sum(-1)
-            align = (error / target.square().flatten(1).sum(-1).clamp_min(1e-12)).mean()
+            keep = self.graph.protected.to(self.device)[None] & _real_tokens(batch, hidden.shape[1])
+            error = ((hidden.float() - reference[1].float()).square().sum(-1) * keep).sum(-1)
+            target = (reference[1].float().square().sum(-1) * keep).sum(-1)
+            align = (error / target.clamp_min(1e-12)).mean()
         return {"task": task, "align": align, "objective": task + weight * align}
 
     def step(self, step: int) -> dict[str, Any]:
@@ -279,7 +294,7 @@ class Search:
             if module.gate_param.learned:
                 module.gate_sample = sample_gate(module.alpha, local, policy.relaxation, temperature, noise)
         optimizer.zero_grad(set_to_none=True)
-        losses = self._objective(self.model, step, objective)
+        losses = self._objective(step, objective)
         losses["objective"].backward()
         for module in modules.values():
             module.gate_sample = None
@@ -335,9 +350,9 @@ class Search:
             return
         settings = schedule.settings({site.name: self.space.sites[site.site_index] for site in self.graph.sites})
         if self.options.val_size > 0:
-            batch = self.spec.validation(self.options.val_size)
-            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, settings, batch, self.device),
-                                "dense": dense_accuracy(self.graph, batch, self.device)}
+            batch = self.task.eval_batch(self.options.val_size, "val")
+            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, self.task, settings, batch, self.device),
+                                "dense": dense_accuracy(self.graph, self.task, batch, self.device)}
         data = schedule.to_json()
         data.update(space=self.space.name, model=self.run_info.model, data=self.run_info.data,
                     targets={limit.label: limit.target for limit in self.constraints.limits},

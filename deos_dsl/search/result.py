@@ -44,6 +44,7 @@ class Run:
     batch_size: int
     steps: int
     seed: int
+    dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,7 +53,7 @@ class Run:
 
     def differences(self, other: Run) -> list[str]:
         """The fields where `other` differs from this run (the space compared structurally)."""
-        return [name for name in ("space", "model", "data", "batch_size", "steps", "seed")
+        return [name for name in ("space", "model", "data", "batch_size", "steps", "seed", "dtype")
                 if getattr(self, name) != getattr(other, name)]
 
 
@@ -83,7 +84,7 @@ def read_run(out: Path) -> Run:
     data = _read_json(out / RUN, "search")
     try:
         return Run(ir.Space.model_validate(data["space"]), str(data["model"]), str(data["data"]),
-                   int(data["batch_size"]), int(data["steps"]), int(data["seed"]))
+                   int(data["batch_size"]), int(data["steps"]), int(data["seed"]), str(data.get("dtype", "float32")))
     except (KeyError, TypeError, ValueError, ValidationError) as error:
         raise SearchError(f"{out / RUN} is not a deos search description ({str(error).splitlines()[0]})",
                           "run the search again") from None
@@ -113,5 +114,5 @@ def emit_result(directory: Path, target: Path | None = None) -> tuple[Emitted, l
     artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`)."""
     run = read_run(directory)
     _, settings = read_schedule(directory)
-    emitted = compile_emitted(run.space, resolve_model(run.model), settings)
+    emitted = compile_emitted(run.space, resolve_model(run.model, run.dtype), settings)
     return emitted, write_artifacts(emitted, target or directory / EMITTED)

@@ -1,26 +1,28 @@
-"""Validation accuracy of a discrete schedule (or of the dense model) on shapes-VQA batches.
+"""Validation accuracy of a discrete schedule (or of the dense model) through the search's task.
 
 A schedule runs on the RELAXED graph with its discrete modules (`Schedule.settings()`: fixed
 gates, `K tokens` keep counts, fixed regime) and every soft top-k temperature at 0: each site
 then keeps exactly its K best tokens and hides the others from every later attention (key bias
 `NEG_BIAS`, exactly zero attention in float32), which is the hard operator's semantics with
 the kept tokens at their original positions: the emitted graph, which really drops them, gives
-the same logits (tests/search/test_search_cli.py). It reuses the search's graph: no re-trace.
+the same logits (tests/search/test_search_cli.py). It reuses the search's graph: no re-trace,
+and so the graph's batch size (an exported graph is traced at the search's batch shape).
 """
 
 from __future__ import annotations
-
-from typing import Any, Callable
 
 import torch
 
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import site_module
-from deos_dsl.embedded.evaluate import accuracy_per_family
-from deos_dsl.embedded.vqa import Batch
+from deos_dsl.compiler.trace import SYMBOLIC
+from deos_dsl.data import Encoded
 from deos_dsl.frontend import ir
+from deos_dsl.tasks import Task
 
 from .graph import SearchGraph, installed
+
+FREE_CHUNK = 250  # examples per call where the graph takes any batch size
 
 
 def discrete_modules(graph: SearchGraph, settings: dict[str, ir.SiteSettings], device: torch.device) -> dict[str, SiteModule]:
@@ -33,23 +35,24 @@ def discrete_modules(graph: SearchGraph, settings: dict[str, ir.SiteSettings], d
     return modules
 
 
-@torch.no_grad()
-def predictions(model: Callable[..., Any], batch: Batch, device: torch.device, chunk: int = 250) -> torch.Tensor:
-    """Answer ids `[B]` of `model` (the relaxed graph, or the model itself) on `batch`, in chunks."""
-    answers = []
-    for lo in range(0, len(batch.answer), chunk):
-        out = model(batch.pixels[lo:lo + chunk].to(device), batch.question[lo:lo + chunk].to(device))
-        answers.append((out[0] if isinstance(out, tuple) else out).argmax(-1).cpu())
-    return torch.cat(answers)
+def _chunk(graph: SearchGraph) -> tuple[int, bool]:
+    """How many examples one call of the graph takes, and whether exactly that many."""
+    traced = graph.block_map.traced
+    if traced.tracer == SYMBOLIC:
+        return FREE_CHUNK, False
+    first = next(value for value in (*traced.args, *traced.kwargs.values()) if isinstance(value, torch.Tensor))
+    return int(first.shape[0]), True
 
 
-def schedule_accuracy(graph: SearchGraph, settings: dict[str, ir.SiteSettings], batch: Batch,
+def schedule_accuracy(graph: SearchGraph, task: Task, settings: dict[str, ir.SiteSettings], batch: Encoded,
                       device: torch.device) -> dict[str, float]:
     """Accuracy (%) per family and overall of the discrete schedule `settings` on `batch`."""
+    chunk, fixed = _chunk(graph)
     with installed(graph, discrete_modules(graph, settings, device)):
-        return accuracy_per_family(predictions(graph.gm, batch, device), batch)
+        return task.evaluate(graph.run, batch, device, chunk, fixed)
 
 
-def dense_accuracy(graph: SearchGraph, batch: Batch, device: torch.device) -> dict[str, float]:
+def dense_accuracy(graph: SearchGraph, task: Task, batch: Encoded, device: torch.device) -> dict[str, float]:
     """Accuracy (%) of the unreduced model on `batch`."""
-    return accuracy_per_family(predictions(graph.loaded.model.to(device), batch, device), batch)
+    model = graph.loaded.model.to(device)
+    return task.evaluate(lambda rows: model(*rows.args, **rows.kwargs), batch, device, FREE_CHUNK)

@@ -25,13 +25,14 @@ from rich.console import Console
 from torch import nn
 
 from deos_dsl.compiler.models import LoadedModel, resolve_model
-from deos_dsl.embedded.vqa import Batch, fixed_eval_batch
+from deos_dsl.data import Encoded
 from deos_dsl.errors import DeosError, StudyError
 from deos_dsl.frontend import ir
-from deos_dsl.measure import accuracy_and_flops, load_searched
+from deos_dsl.measure import Subject, accuracy_and_flops, load_searched
 from deos_dsl.pipeline.emit import Emitted, compile_emitted
 from deos_dsl.search.loop import Options, search
 from deos_dsl.search.result import SCHEDULE, read_run
+from deos_dsl.tasks import make_task
 
 from .fit import fit_baseline
 from .pattern import is_hybrid, pattern_text, site_pattern
@@ -110,7 +111,8 @@ class Study:
     def __init__(self, plan: StudyPlan, console: Console) -> None:
         self.plan, self.console = plan, console
         self.loaded: LoadedModel = resolve_model(plan.model)
-        self.batch: Batch = fixed_eval_batch(size=plan.examples)
+        self.task = make_task(plan.data, self.loaded)
+        self.batch: Encoded = self.task.eval_batch(plan.examples, "test")
         self.total = 1 + len(plan.budgets) * (1 + len(plan.baselines))
         self.done = 0
 
@@ -184,7 +186,7 @@ class Study:
         """Fill `entry` with accuracy, counted GFLOPs and (for an emitted graph) its pattern."""
         started = time.perf_counter()
         with self.console.status(f"measuring {entry.method}"):
-            entry.accuracy, flops = accuracy_and_flops(module, self.batch, torch.device("cpu"))
+            entry.accuracy, flops = accuracy_and_flops(self.task, Subject.of(module), self.batch, torch.device("cpu"))
             entry.gflops = flops / 1e9
         if emitted is not None:
             entry.sites = [site_pattern(plan) for plan in emitted.plans.values()]

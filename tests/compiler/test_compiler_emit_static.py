@@ -56,10 +56,23 @@ def assert_outputs_equal(got: list[torch.Tensor], want: list[torch.Tensor], atol
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
-def test_llava_sites_on_the_vision_tower_and_the_decoder_are_refused(tmp_path: Path):
-    with pytest.raises(DeosCompileError, match="also has sites on `model.language_model.layers`") as caught:
-        compile_emitted(variant("tome", DECODER_SITE, tmp_path), loaded(LLAVA))
-    assert "one stack" in caught.value.hint
+def test_llava_sites_on_the_vision_tower_and_the_decoder_emit_in_two_stages(tmp_path: Path):
+    """The vision tower is re-traced alone (fewer image placeholders reach the decoder), then the
+    decoder's site is emitted on that reduced model: both reduce, the output is that much shorter."""
+    model = loaded(LLAVA)
+    emitted = compile_emitted(variant("tome", DECODER_SITE, tmp_path), model)
+    assert all(plan.active for plan in emitted.plans.values())
+    vision = [name for name in emitted.plans if "vision_tower" in name]
+    (decoder,) = [name for name in emitted.plans if "language_model" in name]
+    placeholders = int((model.kwargs["input_ids"][0] == model.model.config.image_token_id).sum())
+    assert emitted.plans[decoder].entering in {emitted.plans[name].leaving for name in vision}  # what the tower left
+    assert emitted.plans[decoder].entering < placeholders
+    dropped = placeholders - emitted.plans[decoder].leaving
+    n_in, n_out = emitted.lengths[decoder]
+    assert n_in - n_out == emitted.plans[decoder].entering - emitted.plans[decoder].leaving > 0
+    with torch.no_grad():
+        logits = emitted.run().logits
+    assert logits.shape[1] == model.kwargs["input_ids"].shape[1] - dropped
 
 
 @functools.cache

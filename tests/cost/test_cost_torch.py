@@ -9,6 +9,7 @@ import sympy
 import torch
 
 from cost_cases import bundled, loaded
+from deos_dsl.cost.symbols import B
 from deos_dsl.pipeline import bind_model, cost_space, relax, search_flops
 
 
@@ -67,5 +68,6 @@ def test_search_flops_on_a_relaxed_graph(pyramid):
     relax(bound)
     function = search_flops(bound)
     leaving = {name: torch.tensor(float(point.leaving), dtype=torch.float64) for name, point in schedule.items()}
-    assert function.dense == cost.dense_flops()
-    assert function(leaving).item() == pytest.approx(cost.torch_function()(leaving).item(), rel=1e-12)
+    per_example = cost.per_example()  # a FLOPs budget is per example, whatever the search's batch
+    assert function.dense == per_example.dense_flops() == cost.dense_flops() // cost.base[B]
+    assert function(leaving).item() == pytest.approx(per_example.torch_function()(leaving).item(), rel=1e-12)

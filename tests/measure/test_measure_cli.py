@@ -69,6 +69,9 @@ def test_a_corrupt_schedule_is_an_error(searched: Path, tmp_path: Path):
     assert code == 1 and "schedule.json is unreadable or corrupt" in error_lines(err)[0]
 
 
-def test_too_few_examples_for_the_timing_is_a_usage_error(searched: Path):
-    code, _, err = run("evaluate", str(searched), "--examples", "8")
-    assert code == 2 and "--examples must be at least 32" in err
+def test_few_examples_time_at_most_that_many_and_none_is_a_usage_error(searched: Path):
+    code, out, err = run("evaluate", str(searched), "--examples", "8", "--repeats", "1")
+    assert code == 0, err
+    assert "latency ms, B=8" in out and "latency ms, B=32" not in out
+    code, _, err = run("evaluate", str(searched), "--examples", "0")
+    assert code == 2 and "--examples and --repeats must be positive" in err

@@ -1,6 +1,6 @@
 """`compare` on the emitted FastV graph of the embedded model: fewer counted FLOPs than the
-dense model, the accuracy `predictions` + `accuracy_per_family` give directly, and speedups and
-efficiency consistent with each other (structure only: no wall-clock time is asserted)."""
+dense model, the accuracy the model's own argmax answers give, and speedups and efficiency
+consistent with each other (structure only: no wall-clock time is asserted)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,24 @@ import torch
 
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.evaluate import accuracy_per_family
-from deos_dsl.embedded.vqa import fixed_eval_batch
+from deos_dsl.embedded.vqa import Batch
 from deos_dsl.frontend import load_spaces
-from deos_dsl.measure import Comparison, compare, comparison_markdown
+from deos_dsl.measure import Comparison, Subject, compare, comparison_markdown
 from deos_dsl.pipeline import compile_emitted
-from deos_dsl.search.validate import predictions
+from deos_dsl.tasks import make_task
 
 FASTV = Path(__file__).resolve().parents[2] / "spaces" / "fastv.deos"
 BATCH_SIZES = (1, 4)
+LOADED = resolve_model("embedded")
+TASK = make_task("embedded", LOADED)
 
 
 @pytest.fixture(scope="module")
 def measured() -> tuple[Comparison, torch.nn.Module]:
     (space,) = [s for s in load_spaces(FASTV) if s.name == "fastv"]
-    loaded = resolve_model("embedded")
-    emitted = compile_emitted(space, loaded).module
-    comparison = compare(loaded.model, emitted, fixed_eval_batch("test", 20), batch_sizes=BATCH_SIZES,
-                         repeats=2, warmup=0)
+    emitted = compile_emitted(space, LOADED).module
+    comparison = compare(TASK, Subject.of(LOADED.model), Subject.of(emitted), TASK.eval_batch(20, "test"),
+                         batch_sizes=BATCH_SIZES, repeats=2, warmup=0)
     return comparison, emitted
 
 
@@ -37,10 +38,12 @@ def test_the_emitted_graph_counts_fewer_flops(measured: tuple[Comparison, torch.
     assert comparison.ideal_speedup == comparison.dense.flops / comparison.emitted.flops > 1
 
 
-def test_accuracy_is_that_of_the_predictions(measured: tuple[Comparison, torch.nn.Module]):
+def test_accuracy_is_that_of_the_argmax_answers(measured: tuple[Comparison, torch.nn.Module]):
     comparison, emitted = measured
-    batch = fixed_eval_batch("test", 20)
-    assert comparison.emitted.accuracy == accuracy_per_family(predictions(emitted, batch, torch.device("cpu")), batch)
+    batch = TASK.eval_batch(20, "test")
+    with torch.no_grad():
+        answers = emitted(*batch.args).argmax(-1)
+    assert comparison.emitted.accuracy == accuracy_per_family(answers, Batch(*batch.args, batch.targets, batch.family))
     assert comparison.examples == 20
 
 
@@ -61,6 +64,6 @@ def test_the_markdown_has_the_summary_and_the_families(measured: tuple[Compariso
 
 
 def test_timing_needs_enough_examples():
-    batch = fixed_eval_batch("test", 2)
+    batch = TASK.eval_batch(2, "test")
     with pytest.raises(ValueError, match="batch size 4"):
-        compare(torch.nn.Identity(), torch.nn.Identity(), batch, batch_sizes=(1, 4))
+        compare(TASK, Subject.of(torch.nn.Identity()), Subject.of(torch.nn.Identity()), batch, batch_sizes=(1, 4))

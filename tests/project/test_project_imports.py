@@ -2,8 +2,8 @@
 import each other. Every import counts, also one inside a function (the CLI loads torch lazily).
 
 Layers, bottom up (a package imports only from layers below it):
-errors, files -> frontend, ops, embedded -> compiler -> cost -> passes -> pipeline -> search
--> measure -> study -> cli.
+errors, files -> frontend, ops, embedded -> data -> compiler -> cost -> passes -> pipeline ->
+tasks -> search -> measure -> study -> cli.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = (
     ("deos_dsl", "deos_dsl.errors", "deos_dsl.files"),
     ("deos_dsl.frontend", "deos_dsl.ops", "deos_dsl.embedded"),
+    ("deos_dsl.data",),
     ("deos_dsl.compiler",),
     ("deos_dsl.cost",),
     ("deos_dsl.passes",),
     ("deos_dsl.pipeline",),
+    ("deos_dsl.tasks",),
     ("deos_dsl.search",),
     ("deos_dsl.measure",),
     ("deos_dsl.study",),

@@ -1,0 +1,224 @@
+"""Any model, any data: a tiny HF LLaVA saved to disk with its processor (`--model DIR`) and the
+shipped benchmark written out as JSONL (`--data FILE.jsonl`), end to end through the CLI: the
+checkpoint loads by path, compile / cost work on it, a search with the `lm` and with the `kl`
+objective lowers its loss, discretises exactly onto the budget and emits a graph that runs
+shorter, `deos evaluate --data` measures it; bad models and bad data are named, before compute."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+from tiny_llava import save_tiny_llava, sharpen_and_self_label
+
+from deos_dsl import cli
+from deos_dsl.compiler.models import resolve_model
+from deos_dsl.data import ChatEncoder, Example, export_embedded, read_jsonl
+from deos_dsl.errors import DataError, DeosCompileError
+from deos_dsl.tasks import LanguageTask, make_task
+
+SPACE = """space llava_search {{
+  tokens {{
+    reducible: visual
+    protected: text
+  }}
+  defaults {{
+    activate: learned init 0.8
+    retain: learned [10%, 100%] init 15%
+    score: attention(query: last)
+    operator: unified {{
+      gamma: learned [0, 1] init 0.2
+    }}
+  }}
+  site projector {{ score: norm }}
+  site decoder.layers[1] {{}}
+  constraint tokens.mean <= 50%
+  objective {{ task: {task} }}
+  policy {{ steps: 30  lr: 0.1 }}
+}}
+"""
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([str(a) for a in argv], Console(file=out, width=300, color_system=None),
+                    Console(file=err, width=300, color_system=None))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the model directory, its JSONL dataset: 48 exported train examples, self-labelled)."""
+    tmp = tmp_path_factory.mktemp("llava")
+    directory = save_tiny_llava(tmp / "tiny-llava")
+    data = export_embedded("train", 48, tmp / "data")
+    sharpen_and_self_label(directory, data)
+    return directory, data
+
+
+def test_a_checkpoint_loads_by_path_with_its_processor(checkpoint: tuple[Path, Path]):
+    directory, _ = checkpoint
+    loaded = resolve_model(str(directory))
+    assert type(loaded.model).__name__ == "LlavaForConditionalGeneration" and not loaded.model.training
+    assert loaded.processor is not None and loaded.source.startswith(f"checkpoint {directory}")
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    ids = loaded.kwargs["input_ids"]
+    image = loaded.model.config.image_token_id
+    assert int((ids[0] == image).sum()) == 16 and loaded.kwargs["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_a_checkpoint_that_cannot_load_is_named(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, _ = checkpoint
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(directory, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    for name, message in ((str(empty), "has no config.json"), (str(tmp_path / "missing"), "no checkpoint directory"),
+                          (str(no_weights), "cannot load the model in"),
+                          ("hf:nobody/nothing", "is not in the local Hugging Face cache")):
+        with pytest.raises(DeosCompileError, match=message):
+            resolve_model(name)
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task="lm"))
+    code, _, err = run("compile", space, "--model", empty)
+    assert code == 1 and f"deos: error: {empty} has no config.json" in err and "Traceback" not in err
+
+
+def test_compile_and_cost_on_the_checkpoint(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, _ = checkpoint
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task="lm"))
+    code, out, err = run("compile", space, "--model", directory)
+    assert code == 0, err
+    assert "model.multi_modal_projector@0" in out and "model.language_model.layers.1@1" in out
+    code, out, err = run("cost", space, "--model", directory)
+    assert code == 0 and "dense " in out, err
+
+
+@pytest.mark.parametrize("task", ["lm", "kl"])
+def test_a_search_on_the_checkpoint_and_its_data_end_to_end(task: str, checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, data = checkpoint
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task=task))
+    out_dir = tmp_path / "run"
+    code, out, err = run("search", space, "--model", directory, "--data", data, "--out", out_dir, "--batch", "8",
+                         "--val", "16", "--emit")
+    assert code == 0, err
+    losses = [json.loads(line)["task"] for line in (out_dir / "search.jsonl").read_text().splitlines()]
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])  # the operator parameters learn
+    schedule = json.loads((out_dir / "schedule.json").read_text())
+    assert schedule["constraints"]["tokens.mean <= 50%"] == pytest.approx(0.5)  # exactly onto the budget
+    plan = json.loads((out_dir / "emitted" / "plan.json").read_text())
+    active = [site for site in plan["sites"] if site["active"]]
+    assert active and all(site["tokens_out"] < site["tokens_in"] for site in active)
+    emitted = torch.export.load(out_dir / "emitted" / "model.pt2").module()
+    loaded = resolve_model(str(directory))
+    with torch.no_grad():
+        dense, reduced = loaded.model(**loaded.kwargs).logits, emitted(**loaded.kwargs)[0]
+    removed = sum(site["tokens_in"] - site["tokens_out"] for site in active)
+    assert reduced.shape[1] == dense.shape[1] - removed  # the tokens really go
+    code, out, err = run("evaluate", out_dir, "--data", data, "--examples", "16", "--repeats", "1")
+    assert code == 0, err
+    assert "accuracy (%, 16 test examples)" in out and "latency ms, B=16" in out
+
+
+def test_kl_runs_without_answers_and_lm_is_refused_before_compute(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, data = checkpoint
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "answer"} |
+                                       {"image": str(data.parent / json.loads(line)["image"])}) + "\n"
+                            for line in data.read_text().splitlines()[:16]))
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task="lm").replace("steps: 30", "steps: 2"))
+    code, _, err = run("search", space, "--model", directory, "--data", bare, "--out", tmp_path / "lm", "--batch", "8")
+    assert code == 1 and "objective `lm` needs an answer on every example" in err and "task: kl" in err
+    assert not (tmp_path / "lm").exists()
+    space.write_text(SPACE.format(task="kl").replace("steps: 30", "steps: 2"))
+    code, _, err = run("search", space, "--model", directory, "--data", bare, "--out", tmp_path / "kl", "--batch", "8",
+                       "--val", "0")
+    assert code == 0, err
+
+
+def test_bad_data_is_named_by_line_before_compute(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, data = checkpoint
+    image = str(data.parent / json.loads(data.read_text().splitlines()[0])["image"])
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    lines = [
+        {"image": image, "prompt": "how many circles ?", "answer": "2"},
+        "{not json",
+        {"image": "missing.png", "prompt": "how many ?"},
+        {"image": str(not_image), "prompt": "how many ?"},
+        {"image": image, "prompt": ""},
+        {"image": image, "prompt": "x", "anwser": "2"},
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    with pytest.raises(DataError) as caught:
+        read_jsonl(bad)
+    message = caught.value.message
+    reported = {line.strip().split(": ", 1)[0]: line for line in message.splitlines()[1:]}
+    for number, text in ((2, "not JSON"), (3, "image missing.png not found"), (4, "cannot be read as an image"),
+                         (5, "`prompt` must be a non-empty string"), (6, "unknown key(s) `anwser`")):
+        assert text in reported[f"{bad}:{number}"], message
+    assert f"{bad}:1:" not in message
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task="lm"))
+    code, _, err = run("search", space, "--model", directory, "--data", bad, "--out", tmp_path / "run")
+    assert code == 1 and "5 bad example(s)" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_encoder_finds_every_examples_image_tokens(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, data = checkpoint
+    loaded = resolve_model(str(directory))
+    examples = read_jsonl(data)[:4]
+    encoder = ChatEncoder(loaded.processor, examples)
+    batch = encoder.batch([0, 1, 2, 3])
+    image = loaded.model.config.image_token_id
+    start, end = encoder.span
+    assert bool((batch.kwargs["input_ids"][:, start:end] == image).all()) and end - start == 16
+    assert bool((batch.kwargs["input_ids"][:, end:] != image).all())
+    assert batch.kwargs["input_ids"].shape[1] == encoder.length  # right-padded to the longest example
+    assert batch.positions.sum(dim=1).tolist() == [1, 1, 1, 1]  # one answer token each
+    grey = Image.new("RGB", (40, 40), (90, 90, 90))
+    elsewhere = Example((grey,), "how many", "2", line=9, file="d.jsonl")
+    encoder.prompt_text = lambda example: (f"USER: {'what ' * 3 if example is elsewhere else ''}<image> "
+                                           f"{example.prompt} ASSISTANT:")
+    with pytest.raises(DataError, match="d.jsonl:9: the image tokens sit at 4..20"):
+        ChatEncoder.__init__(encoder, loaded.processor, [Example((grey,), "how many", "2", line=1, file="d.jsonl"),
+                                                         elsewhere])
+
+
+def test_the_task_of_a_checkpoint_on_jsonl_is_a_language_task(checkpoint: tuple[Path, Path]):
+    directory, data = checkpoint
+    loaded = resolve_model(str(directory))
+    task = make_task(str(data), loaded)
+    assert isinstance(task, LanguageTask) and task.families == ("attribute", "compare", "count", "exist", "relation")
+    batch = task.eval_batch(8)
+    with torch.no_grad():
+        logits = task.logits(loaded.model(**batch.kwargs))
+    assert task.correct(logits, batch).all()  # the self-labelled answers are the model's own
+    assert task.loss(logits, batch, "kl", logits).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_vision_tower_space_on_the_checkpoint(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, data = checkpoint
+    space = tmp_path / "space.deos"
+    space.write_text(SPACE.format(task="lm").replace("site projector {{ score: norm }}", "")
+                     .replace("site projector { score: norm }", "").replace("decoder.layers[1]", "vision.layers[0]")
+                     .replace("protected: text", "protected: cls").replace("steps: 30", "steps: 4")
+                     .replace("attention(query: last)", "attention(query: cls)").replace("<= 50%", "<= 70%"))
+    code, out, err = run("search", space, "--model", directory, "--data", data, "--out", tmp_path / "run", "--batch",
+                         "8", "--val", "8", "--emit")
+    assert code == 0, err
+    assert "site model.vision_tower.encoder.layers.0@0: keeps" in out
+    plan = json.loads((tmp_path / "run" / "emitted" / "plan.json").read_text())
+    (site,) = plan["sites"]
+    assert site["active"] and site["tokens_out"] < site["tokens_in"]
