@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 from PIL import Image
@@ -222,3 +223,48 @@ def test_a_vision_tower_space_on_the_checkpoint(checkpoint: tuple[Path, Path], t
     plan = json.loads((tmp_path / "run" / "emitted" / "plan.json").read_text())
     (site,) = plan["sites"]
     assert site["active"] and site["tokens_out"] < site["tokens_in"]
+
+
+def test_hf_org_name_resolves_from_the_local_cache_offline(checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """`hf:ORG/NAME` is read from the Hugging Face cache layout (refs/main -> snapshots/<rev>)."""
+    directory, _ = checkpoint
+    repo = tmp_path / "hub" / "models--tiny--llava"
+    shutil.copytree(directory, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = resolve_model("hf:tiny/llava")
+    assert loaded.source.startswith(f"checkpoint {repo / 'snapshots' / '0123abc'}")
+    with pytest.raises(DeosCompileError, match="`tiny/other` is not in the local Hugging Face cache"):
+        resolve_model("hf:tiny/other")
+
+
+def test_a_checkpoint_without_its_processor_is_named(checkpoint: tuple[Path, Path], tmp_path: Path):
+    directory, _ = checkpoint
+    bare = tmp_path / "no-processor"
+    shutil.copytree(directory, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        (bare / name).unlink()
+    with pytest.raises(DeosCompileError, match=f"no processor in {bare}") as caught:
+        resolve_model(str(bare))
+    assert "processor.save_pretrained" in caught.value.hint
+
+
+def examples_factory() -> list[Example]:
+    """A `module:` data factory (this module's)."""
+    grey = Image.new("RGB", (40, 40), (90, 90, 90))
+    return [Example((grey,), "how many circles ?", "2", line=i + 1, file="factory") for i in range(4)]
+
+
+def test_a_data_factory_and_several_images_per_example(checkpoint: tuple[Path, Path]):
+    directory, _ = checkpoint
+    loaded = resolve_model(str(directory))
+    task = make_task("module:test_tasks_llava:examples_factory", loaded)
+    assert isinstance(task, LanguageTask) and len(task.eval_batch(10)) == 4
+    with pytest.raises(DataError, match="returned int"):
+        make_task("module:os:getpid", loaded)
+    grey = Image.new("RGB", (40, 40), (90, 90, 90))
+    two = ChatEncoder(loaded.processor, [Example((grey, grey), "are there more circles ?", "yes")])
+    assert two.span[1] - two.span[0] == 32  # both images' tokens, one run
+    assert two.batch([0]).kwargs["pixel_values"].shape[0] == 2
