@@ -272,8 +272,10 @@ def evaluate_arguments(evaluate_p: argparse.ArgumentParser) -> None:
     evaluate_p.add_argument("--data", metavar="DATA", help=f"the data to measure on (default: the search's own): {DATA_HELP}")
 
 
-MODEL_HELP = ("embedded, a checkpoint directory (save_pretrained), hf:ORG/NAME (local HF cache, offline), "
-              "hf:<Architecture> (tiny random config) or module:pkg.mod:factory")
+DEFAULT_MODEL = "embedded:llava"  # `compiler.models.LLAVA`, named here so that `deos check` imports no torch
+MODEL_HELP = ("embedded:llava (the shipped HF LLaVA), embedded (the shipped small classifier), a checkpoint directory "
+              "(save_pretrained), hf:ORG/NAME (local HF cache, offline), hf:<Architecture> (tiny random config) or "
+              "module:pkg.mod:factory")
 DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
              "data.jsonl), or module:pkg.mod:factory")
 DTYPE_HELP = "a checkpoint's dtype: float32 (default), bfloat16 or float16"
@@ -281,9 +283,9 @@ DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
 
 
 def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> None:
-    """The SPACE file, the required `--model` and the `--space` choice of compile / cost / search."""
+    """The SPACE file, the `--model` and the `--space` choice of compile / cost / search."""
     parser.add_argument("space_file", metavar="SPACE", help="a .deos file")
-    parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL", help=f"{MODEL_HELP} (default {DEFAULT_MODEL})")
     parser.add_argument("--space", metavar="NAME", help=space_help)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
 
@@ -304,7 +306,7 @@ def cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def search_arguments(search_p: argparse.ArgumentParser) -> None:
     add_space_arguments(search_p, "the space to search (needed when the file has several)")
-    search_p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
+    search_p.add_argument("--data", default="embedded", metavar="DATA", help=f"{DATA_HELP} (default embedded)")
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
     search_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
@@ -439,6 +441,7 @@ def main(argv: Sequence[str] | None = None, out: Console | None = None, err: Con
     """Run the CLI; returns the exit code (the console script exits with it)."""
     out = out or Console(soft_wrap=True)
     err = err or Console(stderr=True, soft_wrap=True)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # deos shows its own progress (rich)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:

@@ -1,7 +1,9 @@
 """The MODEL registry: names -> a frozen model plus example inputs, with no downloads ever.
 
 Names:
-- `embedded`: the shipped LLaVA-style model (trained weights when the weights file exists,
+- `embedded:llava`: the shipped HF LLaVA (`deos_dsl/embedded/llava/`, a checkpoint with its
+  processor; the realistic default);
+- `embedded`: the shipped small LLaVA-style classifier (trained weights when the weights file exists,
   otherwise a seeded random init with the same config; `LoadedModel.source` says which);
 - `hf:<Architecture>`: a TINY random-initialised transformers model whose config is built in
   code (see `HF_BUILDERS`), for conformance;
@@ -22,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from deos_dsl.embedded import EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
+from deos_dsl.embedded import LLAVA_DIRECTORY, EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
 from deos_dsl.frontend.diagnostics import suggest
 
 from .checkpoints import is_checkpoint, load_checkpoint
@@ -154,7 +156,8 @@ HF_BUILDERS: dict[str, Callable[[], LoadedModel]] = {
     "Qwen2Model": _qwen2,
 }
 
-MODEL_NAMES = ("embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
+LLAVA = "embedded:llava"
+MODEL_NAMES = (LLAVA, "embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
 
 
 def _from_factory(name: str) -> LoadedModel:
@@ -186,6 +189,12 @@ def resolve_model(name: str, dtype: str = "float32", device: str = "cpu") -> Loa
     checkpoint); raises `UnknownModelError`."""
     if name == "embedded":
         return _embedded()
+    if name == LLAVA:
+        if not (LLAVA_DIRECTORY / "model.safetensors").is_file():
+            raise UnknownModelError(f"the shipped model is missing from {LLAVA_DIRECTORY}",
+                                    "reinstall deos, or retrain it: python -m deos_dsl.embedded.train_hf --seed 0")
+        model, processor, inputs, source = load_checkpoint(str(LLAVA_DIRECTORY), dtype, device)
+        return LoadedModel(name, model, kwargs=inputs, source=f"shipped {source}", processor=processor)
     if name.startswith("module:"):
         return _from_factory(name)
     if is_checkpoint(name):

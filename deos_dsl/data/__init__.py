@@ -7,8 +7,8 @@ such a dataset (`export`).
 from .chat import DEFAULT_TEMPLATE, ChatEncoder
 from .encoded import IGNORE, Encoded, concat
 from .examples import Example, read_jsonl
-from .export import export_embedded
+from .export import export_embedded, shapes_vqa_example
 from .vqa_json import VQAEncoder
 
-__all__ = ["DEFAULT_TEMPLATE", "IGNORE", "ChatEncoder", "Encoded", "Example", "VQAEncoder", "concat", "export_embedded",
+__all__ = ["DEFAULT_TEMPLATE", "IGNORE", "ChatEncoder", "Encoded", "Example", "VQAEncoder", "concat", "export_embedded", "shapes_vqa_example",
            "read_jsonl"]

@@ -53,7 +53,11 @@ class ChatEncoder:
     """Batches of a processor's model (`kwargs` = what the processor returns: input_ids,
     attention_mask, pixel_values, ...; targets = next-token ids) from `examples`."""
 
-    def __init__(self, processor: Any, examples: list[Example]) -> None:
+    def __init__(self, processor: Any, examples: list[Example], length: int | None = None,
+                 families: tuple[str, ...] | None = None) -> None:
+        """`length`: pad every batch to this many tokens (default: the longest example; an
+        example longer than it is refused); `families`: the family names, in order (default:
+        those of `examples`, sorted)."""
         tokenizer, image_token = getattr(processor, "tokenizer", None), getattr(processor, "image_token", None)
         if tokenizer is None or image_token is None:
             raise DataError(f"the model's processor ({type(processor).__name__}) has no tokenizer or no image token",
@@ -74,13 +78,16 @@ class ChatEncoder:
             problems = [f"{ex.where}: the image tokens sit at {row.span[0]}..{row.span[1]}, those of "
                         f"{examples[0].where} at {first[0]}..{first[1]}" for ex, row in zip(examples, self.rows)
                         if row.span != first]
+        if not problems and length is not None:
+            problems = [f"{ex.where}: {len(row.ids)} tokens, more than the {length} every batch is padded to"
+                        for ex, row in zip(examples, self.rows) if len(row.ids) > length]
         if problems:
             raise DataError(f"{len(problems)} example(s) the model's processor cannot take:\n"
                             + "\n".join(f"  {p}" for p in problems[:MAX_REPORTED]),
                             "put the images at the start of every prompt (the template does), one run of image tokens "
                             "at the same place in every example; " + HINT)
-        self.length = max(len(row.ids) for row in self.rows)
-        self.families = tuple(sorted({ex.family for ex in examples if ex.family is not None}))
+        self.length = length or max(len(row.ids) for row in self.rows)
+        self.families = families or tuple(sorted({ex.family for ex in examples if ex.family is not None}))
 
     def __len__(self) -> int:
         return len(self.examples)

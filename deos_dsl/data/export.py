@@ -18,7 +18,16 @@ from deos_dsl.embedded.vqa import SPLITS, make_example, render
 from deos_dsl.errors import DataError
 from deos_dsl.files import write_directory_atomically
 
+from .examples import Example
+
 JSONL = "data.jsonl"
+
+
+def shapes_vqa_example(split: str, index: int, seed: int = 0) -> Example:
+    """Example `index` of `split` of the procedural benchmark, its image in memory (8-bit RGB)."""
+    example = make_example(split, index, seed)
+    image = Image.fromarray((render(example).transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    return Example((image,), " ".join(example.question), example.answer, example.family, index, f"shapes-vqa/{split}")
 
 
 def export_embedded(split: str, limit: int, out: Path, seed: int = 0) -> Path:
@@ -34,11 +43,10 @@ def export_embedded(split: str, limit: int, out: Path, seed: int = 0) -> Path:
         (temp / "images").mkdir()
         lines = []
         for index in range(limit):
-            example = make_example(split, index, seed)
-            pixels = (render(example).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+            example = shapes_vqa_example(split, index, seed)
             name = f"images/{split}-{index:06d}.png"
-            Image.fromarray(pixels).save(temp / name)
-            lines.append(json.dumps({"image": name, "prompt": " ".join(example.question), "answer": example.answer,
+            example.images[0].save(temp / name)
+            lines.append(json.dumps({"image": name, "prompt": example.prompt, "answer": example.answer,
                                      "family": example.family}))
         (temp / JSONL).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

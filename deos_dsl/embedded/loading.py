@@ -14,6 +14,7 @@ from deos_dsl.files import write_atomically, write_text_atomically
 from .model import EmbeddedVQAModel, ModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+LLAVA_DIRECTORY = Path(__file__).parent / "llava"  # the shipped HF LLaVA (`llava.py`), a save_pretrained folder
 DEFAULT_NAME = "shapes_vqa"
 RETRAIN = "reinstall deos for the shipped weights, or retrain them: python -m deos_dsl.embedded.train"
 

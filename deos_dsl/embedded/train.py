@@ -22,6 +22,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,30 @@ from .auxiliary import AuxiliaryHeads, TrainItems
 from .evaluate import evaluate, format_accuracy, majority_baseline
 from .loading import default_weights_path, load_metadata, load_model, save_weights, write_metadata
 from .model import EmbeddedVQAModel, ModelConfig
+
+
+def optimise(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor,
+             aux_losses: dict[str, torch.Tensor], aux_weight: float) -> None:
+    """One step on the answer loss plus the weighted auxiliary losses, gradients clipped to 1."""
+    optimizer.zero_grad(set_to_none=True)
+    (loss + aux_weight * sum(aux_losses.values())).backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
+def log_step(step: int, loss: torch.Tensor, aux_losses: dict[str, torch.Tensor], start: float) -> None:
+    """Every 50 steps: the losses and the seconds since `start`."""
+    if step % 50 == 0:
+        aux_text = " ".join(f"{k} {v.item():.3f}" for k, v in aux_losses.items())
+        print(f"step {step:5d} loss {loss.item():.3f} {aux_text} {time.time() - start:7.1f}s", flush=True)
+
+
+def validate(step: int, steps: int, every: int, model: torch.nn.Module, score: Callable[[], dict[str, float]]) -> None:
+    """Every `every` steps and after the last: print `score()` of `model` in eval mode."""
+    if (step + 1) % every == 0 or step + 1 == steps:
+        model.eval()
+        print(f"step {step + 1} val: {format_accuracy(score())}", flush=True)
+        model.train()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -68,17 +93,9 @@ def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: 
             group["lr"] = lr_at(step, steps, lr, warmup)
         loss = F.cross_entropy(model(pixels, question), answer)
         aux_losses = aux.losses(question, labels, histogram)
-        opt.zero_grad(set_to_none=True)
-        (loss + aux_weight * sum(aux_losses.values())).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 50 == 0:
-            aux_text = " ".join(f"{k} {v.item():.3f}" for k, v in aux_losses.items())
-            print(f"step {step:5d} loss {loss.item():.3f} {aux_text} {time.time() - start:7.1f}s", flush=True)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            model.eval()
-            print(f"step {step + 1} val: {format_accuracy(evaluate(model, val))}", flush=True)
-            model.train()
+        optimise(opt, params, loss, aux_losses, aux_weight)
+        log_step(step, loss, aux_losses, start)
+        validate(step, steps, eval_every, model, lambda: evaluate(model, val))
     train_seconds = time.time() - start
     test = vqa.fixed_eval_batch("test", test_size)
     aux.captured.clear()

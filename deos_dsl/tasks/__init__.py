@@ -1,8 +1,9 @@
 """deos_dsl.tasks: the task protocol (`base.Task`) and the `--data` specs that make one.
 
 `make_task(data, loaded)`:
-- `embedded`, `embedded:shapes_vqa`, `embedded:shapes_vqa[:N]`: the procedural benchmark on the
-  shipped model (or a model with its inputs and answers: `check_shapes_vqa`);
+- `embedded`, `embedded:shapes_vqa`, `embedded:shapes_vqa[:N]`: the procedural benchmark, through
+  the model's processor (a checkpoint such as `embedded:llava`: `ProceduralChatSource`), or on
+  the shipped classifier (or a model with its inputs and answers: `check_shapes_vqa`);
 - `FILE.jsonl` (or a directory holding `data.jsonl`): a user dataset (`deos_dsl.data`), read and
   checked whole; through the model's processor (a checkpoint: `LanguageTask`), or the shipped
   model's own encoding (`ClassifierTask`);
@@ -25,9 +26,9 @@ from deos_dsl.errors import DataError
 
 from .base import ANSWER_LOSSES, ExampleSource, Source, Task
 from .classify import ClassifierTask, ProceduralSource
-from .language import LanguageTask
+from .language import LanguageTask, ProceduralChatSource
 
-__all__ = ["ANSWER_LOSSES", "ClassifierTask", "ExampleSource", "LanguageTask", "ProceduralSource", "Source", "Task",
+__all__ = ["ANSWER_LOSSES", "ClassifierTask", "ExampleSource", "LanguageTask", "ProceduralChatSource", "ProceduralSource", "Source", "Task",
            "check_shapes_vqa", "make_task"]
 
 EMBEDDED = re.compile(r"embedded(?::shapes_vqa(?:\[:(\d+)\])?)?\Z")
@@ -82,6 +83,8 @@ def make_task(data: str, loaded: LoadedModel) -> Task:
         limit = int(match.group(1)) if match.group(1) else None
         if limit == 0:
             raise DataError(f"data `{data}` selects no example", "N in `[:N]` must be positive")
+        if loaded.processor is not None:
+            return LanguageTask(ProceduralChatSource(loaded.processor, limit), data)
         check_shapes_vqa(loaded, data)
         return ClassifierTask(ProceduralSource(limit), data)
     if data.startswith("module:"):

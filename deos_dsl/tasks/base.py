@@ -42,6 +42,10 @@ class Source(ABC):
         """Whether every example has an answer (checked before an answer loss runs)."""
         return True
 
+    def eval_batch(self, size: int, split: str) -> Encoded:
+        """The first `size` examples (of `split` where the data has splits), at most all of them."""
+        return self.batch(list(range(min(size, len(self)))))
+
 
 class ExampleSource(Source):
     """A finite dataset (`examples`): training cycles through it in order, evaluation reads its
@@ -79,7 +83,7 @@ class Task(ABC):
 
     def eval_batch(self, size: int, split: str = "test") -> Encoded:
         """The first `size` examples (of `split` where the data has splits), at most all of them."""
-        return self.source.batch(list(range(min(size, len(self.source)))))
+        return self.source.eval_batch(size, split)
 
     @abstractmethod
     def logits(self, output: Any) -> Tensor:

@@ -19,9 +19,41 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from deos_dsl.data import IGNORE, Encoded
+from deos_dsl.data import IGNORE, ChatEncoder, Encoded, shapes_vqa_example
+from deos_dsl.embedded.vqa import FAMILIES, SPLITS
 
-from .base import ANSWER_LOSSES, Task
+from .base import ANSWER_LOSSES, Source, Task
+
+PROBE = 100  # examples of each split whose longest sets a procedural batch's length
+SLACK = 4  # tokens of padding beyond it
+
+
+class ProceduralChatSource(Source):
+    """The procedural benchmark through a model's processor (`--data embedded` on a checkpoint):
+    TRAIN examples by index (cycling through the first `limit` when given), evaluation the first
+    examples of VAL or TEST; images in memory, nothing written. Every batch is padded to one
+    length (the longest of the first `PROBE` examples of every split plus `SLACK`; a longer
+    example is refused by name), so a search sees one sequence length."""
+
+    families = FAMILIES
+
+    def __init__(self, processor: Any, limit: int | None = None) -> None:
+        self.processor, self.limit = processor, limit
+        probe = [shapes_vqa_example(split, index) for split in SPLITS for index in range(PROBE)]
+        self.length = ChatEncoder(processor, probe).length + SLACK
+
+    def __len__(self) -> int:
+        return self.limit or 2**62  # unbounded: fresh examples every step
+
+    def _encode(self, split: str, indices: list[int]) -> Encoded:
+        encoder = ChatEncoder(self.processor, [shapes_vqa_example(split, i) for i in indices], self.length, FAMILIES)
+        return encoder.batch(list(range(len(indices))))
+
+    def batch(self, indices: list[int]) -> Encoded:
+        return self._encode("train", indices)
+
+    def eval_batch(self, size: int, split: str) -> Encoded:
+        return self._encode(split, list(range(size)))
 
 
 def aligned(logits: Tensor, batch: Encoded) -> tuple[Tensor, Tensor]:
