@@ -6,8 +6,9 @@ the same run against FlopCounterMode on the emitted model (tokens really removed
 
 At the model's example inputs (`resolve_model`): batch 2, the processor's prompt of 149 tokens
 (144 image tokens). FLOPs are 2*M*K*N per product, attention included; `counted` is
-FlopCounterMode (math attention backend) on the emitted model, less the vision tower's dead code
-when the transformers release runs it (measured: `Cost.dead`). `time` is trace + bind + cost.
+FlopCounterMode on the emitted model (`deos_dsl.measure.flops.counted_flops`, fused attention
+counted like the CUDA kernels), less the vision tower's dead code when the transformers release
+runs it (measured: `Cost.dead`). `time` is trace + bind + cost.
 """
 
 from __future__ import annotations
@@ -17,28 +18,20 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
 
 import sympy
 from rich.console import Console
 from rich.table import Table
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deos_dsl.compiler.models import LLAVA, resolve_model  # noqa: E402
 from deos_dsl.cost.report import human  # noqa: E402
 from deos_dsl.frontend import load_spaces  # noqa: E402
+from deos_dsl.measure.flops import counted_flops  # noqa: E402
 from deos_dsl.pipeline import compile_emitted, cost_space  # noqa: E402
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
-
-
-def counted(run: Callable[[], object]) -> int:
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as mode:
-        run()
-    return mode.get_total_flops()
 
 
 def main() -> None:
@@ -67,7 +60,8 @@ def main() -> None:
             check = "-"
             if not args.no_check:
                 dead = cost.evaluate(sympy.Add(*cost.dead.values()), cost.point(schedule))
-                measured = counted(compile_emitted(space, loaded).run) - dead
+                emitted = compile_emitted(space, loaded)
+                measured = counted_flops(emitted.module, emitted.args, emitted.kwargs) - dead
                 check = f"{human(measured)} {'==' if measured == reduced else '!='}"
             active = sum(point.active for point in schedule.values())
             table.add_row(f"{path.name}:{space.name}", f"{active}/{len(schedule)}", human(reduced), human(dense),

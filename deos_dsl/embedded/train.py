@@ -65,7 +65,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def _single_thread_worker(_: int) -> None:
+def single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
@@ -85,7 +85,7 @@ def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: 
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     data = torch.utils.data.DataLoader(TrainItems(steps * batch_size, seed),
                                        batch_size=batch_size, num_workers=1, prefetch_factor=4,
-                                       worker_init_fn=_single_thread_worker)
+                                       worker_init_fn=single_thread_worker)
     val = vqa.fixed_eval_batch("val", eval_size)
     start = time.time()
     for step, (pixels, question, answer, _, labels, histogram) in enumerate(data):

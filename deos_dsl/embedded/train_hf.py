@@ -44,7 +44,7 @@ from .evaluate import format_accuracy, majority_baseline
 from .llava import TOKEN, VOCABULARY, build_model, build_processor, pixel_values, training_inputs
 from .llava_eval import accuracy
 from .loading import LLAVA_DIRECTORY
-from .train import log_step, lr_at, optimise, validate
+from .train import log_step, lr_at, optimise, single_thread_worker, validate
 
 RELATION_LAYER = 3
 
@@ -98,10 +98,6 @@ class Auxiliary(nn.Module):
         }
 
 
-def _single_thread_worker(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: int, aux_weight: float,
           eval_every: int, eval_size: int, test_size: int) -> dict:
     """Train from `seed`, write the model and processor into the new directory `out`."""
@@ -119,7 +115,7 @@ def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: 
                                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.98))
     data = torch.utils.data.DataLoader(Items(steps * batch_size, seed), batch_size=batch_size, num_workers=1,
-                                       prefetch_factor=4, collate_fn=collate, worker_init_fn=_single_thread_worker)
+                                       prefetch_factor=4, collate_fn=collate, worker_init_fn=single_thread_worker)
     val = vqa.fixed_eval_batch("val", eval_size)
     start = time.time()
     model.train()

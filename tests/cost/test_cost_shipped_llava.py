@@ -26,8 +26,8 @@ def test_bundled_space_on_the_shipped_model(file: str, name: str):
     space = next(s for s in load_spaces(SPACES / file) if s.name == name)
     model = loaded(LLAVA)
     cost, schedule = cost_space(space, model)
-    dead = cost.evaluate(sympy.Add(*cost.dead.values()), cost.point(schedule))
-    dense_dead = cost.evaluate(sympy.Add(*cost.dead.values()), cost.point(None))
+    dead_code = sympy.Add(*cost.dead.values())
+    dead, dense_dead = (cost.evaluate(dead_code, cost.point(at)) for at in (schedule, None))
     assert counted(lambda: model.model(*model.args, **model.kwargs), math=True) == cost.dense_flops() + dense_dead
     emitted = compile_emitted(space, model)
     assert counted(emitted.run, math=True) == cost.flops(schedule) + dead
