@@ -14,7 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from deos_dsl.search.loop import Options, Search
-from search_cases import load_space, write_space
+from deos_dsl.frontend import load_spaces
+from search_cases import write_space
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,9 +29,11 @@ def free_port() -> int:
 
 
 def worker(rank: int, tmp: Path, port: int) -> None:
+    """One rank: reads the space the parent wrote (never writes it: two writers race)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    run = Search(load_space(tmp, steps=STEPS), "embedded", "embedded", tmp / "out", Options(batch_size=4, val_size=0, device="cpu"))
+    (space,) = load_spaces(tmp / "space.deos")
+    run = Search(space, "embedded", "embedded", tmp / "out", Options(batch_size=4, val_size=0, device="cpu"))
     initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in run.graph.modules.items()}
     outcome = run.run()
     assert outcome.schedule is not None
@@ -40,6 +43,7 @@ def worker(rank: int, tmp: Path, port: int) -> None:
 
 
 def test_two_cpu_processes_keep_the_operator_parameters_replicated(tmp_path: Path):
+    write_space(tmp_path, steps=STEPS)
     mp.spawn(worker, args=(tmp_path, free_port()), nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert (first["main"], second["main"]) == (True, False) and first["steps"] == second["steps"] == STEPS
