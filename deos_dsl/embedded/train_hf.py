@@ -3,7 +3,9 @@
     python -m deos_dsl.embedded.train_hf --seed 0      # writes deos_dsl/embedded/llava/
 
 From scratch, on fresh TRAIN examples every step (`torch.set_num_threads(2)`, one data worker),
-AdamW with linear warm-up and cosine decay, gradient clipping. The loss is the cross-entropy of
+AdamW with linear warm-up and cosine decay, gradient clipping. Forward and backward run under
+bfloat16 autocast by default (`--precision bfloat16`; weights, optimiser state and losses stay
+float32): 1.45x faster per step than float32 on these CPUs (AVX512-BF16), measured at batch 16. The loss is the cross-entropy of
 the answer word and of the `</s>` after it under teacher forcing (generation stops by itself)
 plus training-only auxiliary targets, each giving one stage of the model its own signal (heads
 not shipped):
@@ -98,8 +100,11 @@ class Auxiliary(nn.Module):
         }
 
 
+PRECISIONS = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
 def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: int, aux_weight: float,
-          eval_every: int, eval_size: int, test_size: int) -> dict:
+          eval_every: int, eval_size: int, test_size: int, precision: str) -> dict:
     """Train from `seed`, write the model and processor into the new directory `out`."""
     torch.set_num_threads(2)
     model = build_model(seed)
@@ -122,13 +127,14 @@ def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: 
     for step, batch in enumerate(data):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"], output_hidden_states=True)
+        with torch.autocast("cpu", dtype=PRECISIONS[precision], enabled=precision != "float32"):
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           pixel_values=batch["pixel_values"], output_hidden_states=True)
         rows = torch.arange(len(batch["last"]))
         ends = torch.full_like(batch["answer"], TOKEN["</s>"])
-        loss = F.cross_entropy(torch.cat([output.logits[rows, batch["last"]], output.logits[rows, batch["last"] + 1]]),
-                               torch.cat([batch["answer"], ends]))
-        aux_losses = aux.losses(tower["x"], output.hidden_states, batch)
+        logits = torch.cat([output.logits[rows, batch["last"]], output.logits[rows, batch["last"] + 1]]).float()
+        loss = F.cross_entropy(logits, torch.cat([batch["answer"], ends]))
+        aux_losses = aux.losses(tower["x"].float(), tuple(h.float() for h in output.hidden_states), batch)
         optimise(optimizer, params, loss, aux_losses, aux_weight)
         log_step(step, loss, aux_losses, start)
         validate(step, steps, eval_every, model, lambda: accuracy(model, val))
@@ -137,6 +143,7 @@ def train(out: Path, seed: int, steps: int, batch_size: int, lr: float, warmup: 
     test = vqa.fixed_eval_batch("test", test_size)
     metadata = {
         "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "aux_weight": aux_weight,
+        "precision": precision,
         "parameters": parameters, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
         "eval_subset": f"first {test_size} examples of the test split (data seed 0)",
         "test_accuracy": accuracy(model, test),
@@ -164,16 +171,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=LLAVA_DIRECTORY)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3200)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--aux-weight", type=float, default=1.0)
-    p.add_argument("--eval-every", type=int, default=800)
+    p.add_argument("--eval-every", type=int, default=1500)
     p.add_argument("--eval-size", type=int, default=500)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="bfloat16",
+                   help="autocast dtype of forward and backward (weights stay float32)")
     a = p.parse_args(argv)
-    train(a.out, a.seed, a.steps, a.batch_size, a.lr, a.warmup, a.aux_weight, a.eval_every, a.eval_size, a.test_size)
+    train(a.out, a.seed, a.steps, a.batch_size, a.lr, a.warmup, a.aux_weight, a.eval_every, a.eval_size, a.test_size,
+          a.precision)
 
 
 if __name__ == "__main__":
