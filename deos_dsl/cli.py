@@ -2,7 +2,8 @@
 the function that runs it).
 
 Exit codes: 0 ok, 1 diagnostics (or files that `fmt --check` would change), 2 usage error,
-70 internal error (a bug: one line on stderr, the traceback only with DEOS_DEBUG=1). Every
+70 internal error (a bug: one line on stderr, the traceback only with DEOS_DEBUG=1), 74 the
+machine refused a read or write (an `OSError`: permissions, a full disk, a wrong path). Every
 `DeosError` a command raises is reported in one place, `report_error`: a `.deos` file's
 positioned diagnostics, else `deos: error: MESSAGE` and its hint. To add a subcommand, write
 `cmd_x(args, out, err) -> int` and `x_arguments(parser)` and add a row to `COMMANDS`. The
@@ -24,14 +25,14 @@ from typing import Callable, Sequence
 from rich.console import Console
 
 from deos_dsl import __version__
-from deos_dsl.errors import DeosError, SpaceError
+from deos_dsl.errors import DeosError, FileAccessError, SpaceError
 from deos_dsl.files import write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.api import check, format_text
 from deos_dsl.frontend.loader import read_source
 from deos_dsl.frontend.render import render_diagnostics, space_tree
 
-EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL, EXIT_FILE_ACCESS = 0, 1, 2, 70, 74
 
 Run = Callable[[argparse.Namespace, Console, Console], int]
 
@@ -228,8 +229,6 @@ def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.measure import Subject, compare, comparison_table, load_searched, write_evaluation
     from deos_dsl.search.ddp import pick_device
 
-    if args.examples < 1 or args.repeats < 1:
-        return _usage("--examples and --repeats must be positive", err)
     device = pick_device(args.device)
     with err.status(f"compiling the searched schedule of {args.directory}") as status:
         searched = load_searched(Path(args.directory), data=args.data, device=str(device))
@@ -258,18 +257,48 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["export"], help="export: write a dataset in the JSONL form")
     parser.add_argument("source", choices=["embedded"], help="embedded: the shipped shapes-VQA benchmark")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split (default test)")
-    parser.add_argument("--limit", type=int, default=1000, metavar="N", help="the first N examples (default 1000)")
+    parser.add_argument("--limit", type=POSITIVE, default=1000, metavar="N", help="the first N examples (default 1000)")
     parser.add_argument("--out", required=True, metavar="DIR", help="a new directory: DIR/data.jsonl and DIR/images/")
 
 
 def evaluate_arguments(evaluate_p: argparse.ArgumentParser) -> None:
     evaluate_p.add_argument("directory", metavar="DIR", help="the --out directory of a finished `deos search`")
-    evaluate_p.add_argument("--examples", type=int, default=1000, metavar="N",
+    evaluate_p.add_argument("--examples", type=POSITIVE, default=1000, metavar="N",
                             help="test examples for the accuracy (default 1000); the timing runs the first 1 and 32")
-    evaluate_p.add_argument("--repeats", type=int, default=20, metavar="N",
+    evaluate_p.add_argument("--repeats", type=POSITIVE, default=20, metavar="N",
                             help="interleaved timing rounds, medians reported (default 20)")
     evaluate_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate_p.add_argument("--data", metavar="DATA", help=f"the data to measure on (default: the search's own): {DATA_HELP}")
+
+
+def count_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `minimum`, refused with the allowed range in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text[:40]!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+def budget_percent(text: str) -> float:
+    """An argparse type: a percent strictly between 0 and 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percent between 0 and 100, got {text[:40]!r}") from None
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"expected a percent strictly between 0 and 100, got {text[:40]}")
+    return value
+
+
+POSITIVE, NON_NEGATIVE = count_at_least(1), count_at_least(0)
 
 
 DEFAULT_MODEL = "embedded:llava"  # `compiler.models.LLAVA`, named here so that `deos check` imports no torch
@@ -309,10 +338,10 @@ def search_arguments(search_p: argparse.ArgumentParser) -> None:
     search_p.add_argument("--data", default="embedded", metavar="DATA", help=f"{DATA_HELP} (default embedded)")
     search_p.add_argument("--out", required=True, metavar="DIR", help="a new directory (or, with --resume, an earlier search's)")
     search_p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    search_p.add_argument("--steps", type=int, metavar="N", help="steps (default: the space's policy)")
-    search_p.add_argument("--batch", type=int, default=32, metavar="B", help="global batch size (default 32)")
-    search_p.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint period (default 50)")
-    search_p.add_argument("--val", type=int, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
+    search_p.add_argument("--steps", type=POSITIVE, metavar="N", help="steps (default: the space's policy)")
+    search_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="global batch size (default 32)")
+    search_p.add_argument("--checkpoint-every", type=POSITIVE, default=50, metavar="N", help="checkpoint period (default 50)")
+    search_p.add_argument("--val", type=NON_NEGATIVE, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
     search_p.add_argument("--emit", action="store_true", help="then emit the schedule into DIR/emitted")
 
@@ -325,11 +354,6 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.study import StudyPlan, run_study, study_spaces
     from deos_dsl.study.report import summary_table, target_lines
 
-    bad = [b for b in args.budgets if not 0 < b < 100]
-    if bad:
-        return _usage(f"--budgets takes percents strictly between 0 and 100, got {bad[0]:g}", err)
-    if args.examples < 1 or args.batch < 1 or (args.steps is not None and args.steps < 1):
-        return _usage("--examples, --batch and --steps must be positive", err)
     spaces: list[ir.Space] = []
     for file in args.files:
         checked = _checked_spaces(file, err)
@@ -357,11 +381,11 @@ def study_arguments(study_p: argparse.ArgumentParser) -> None:
     study_p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     study_p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
     study_p.add_argument("--out", required=True, metavar="DIR", help="results directory (finished searches in it are reused)")
-    study_p.add_argument("--budgets", nargs="+", type=float, default=list(DEFAULT_BUDGETS), metavar="PERCENT",
+    study_p.add_argument("--budgets", nargs="+", type=budget_percent, default=list(DEFAULT_BUDGETS), metavar="PERCENT",
                          help="token budgets, percent of the visual tokens (default: 50 33 25 22 11 3)")
-    study_p.add_argument("--steps", type=int, metavar="N", help="search steps (default: the space's policy)")
-    study_p.add_argument("--batch", type=int, default=32, metavar="B", help="search batch size (default 32)")
-    study_p.add_argument("--examples", type=int, default=1000, metavar="N", help="test examples measured (default 1000)")
+    study_p.add_argument("--steps", type=POSITIVE, metavar="N", help="search steps (default: the space's policy)")
+    study_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="search batch size (default 32)")
+    study_p.add_argument("--examples", type=POSITIVE, default=1000, metavar="N", help="test examples measured (default 1000)")
     study_p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
@@ -452,6 +476,9 @@ def main(argv: Sequence[str] | None = None, out: Console | None = None, err: Con
         return report_error(error, err)
     except KeyboardInterrupt:
         return 130
+    except OSError as error:  # the environment's (a permission, a full disk, a wrong path), not a bug
+        report_error(FileAccessError.of(error), err)
+        return EXIT_FILE_ACCESS
     except Exception as error:  # noqa: BLE001  (any escape here is a bug, reported as such)
         if os.environ.get("DEOS_DEBUG") == "1":
             traceback.print_exc()

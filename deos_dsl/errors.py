@@ -11,11 +11,14 @@ anything else that escapes is a bug. One subclass per stage, so a caller can tel
 - `CostError`: the cost model (a schedule that does not fit the space);
 - `SearchError`: the search (budgets, data, checkpoints, infeasible constraints);
 - `StudyError`: the baseline study (a space that is no baseline, a budget out of reach);
-- `WeightsError`: shipped or saved weights that cannot be read.
+- `WeightsError`: shipped or saved weights that cannot be read;
+- `FileAccessError`: the machine refused a read or a write (permissions, a full disk, a path
+  that is missing or of the wrong kind): the environment's error, not the input's nor deos's.
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -92,3 +95,26 @@ class StudyError(DeosError):
 
 class WeightsError(DeosError):
     """Weights (or their metadata) that cannot be read or do not fit their model."""
+
+
+class FileAccessError(DeosError):
+    """An `OSError` of the environment, told as what failed on which path and what to do."""
+
+    HINTS = {
+        errno.ENOSPC: "free some disk space, or write somewhere else",
+        errno.EDQUOT: "free some of your disk quota, or write somewhere else",
+        errno.EACCES: "check the path's permissions, or write somewhere else",
+        errno.EPERM: "check the path's permissions, or write somewhere else",
+        errno.EROFS: "the file system is read-only: write somewhere else",
+        errno.ENOENT: "check that the path and its folders exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+        errno.EISDIR: "the path is a folder: name a file",
+        errno.EEXIST: "choose a new path, or remove the existing one",
+    }
+
+    @classmethod
+    def of(cls, error: OSError) -> FileAccessError:
+        """The user-facing form of `error` (its path, its reason, a hint by its errno)."""
+        where = f": {error.filename}" if error.filename is not None else ""
+        reason = error.strerror or type(error).__name__
+        return cls(f"{reason}{where}", cls.HINTS.get(error.errno or 0, "check the path, its permissions and the free disk space"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -33,12 +34,22 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def write_directory_atomically(out: Path, fill: Callable[[Path], None]) -> None:
     """Create the NEW directory `out` whole: `fill(temp)` writes into a temporary sibling, which
-    is renamed onto `out` at the end; on any failure it is removed and `out` never appears."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    is renamed onto `out` at the end; on any failure it is removed and `out` never appears.
+    An `OSError` names the path under `out` it was about, not the temporary one."""
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(out)) from error
     try:
         fill(temp)
         temp.rename(out)
+    except OSError as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        named = str(error.filename).replace(str(temp), str(out)) if error.filename is not None else None
+        raise type(error)(error.errno, error.strerror, named) from error
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

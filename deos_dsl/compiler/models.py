@@ -160,6 +160,12 @@ LLAVA = "embedded:llava"
 MODEL_NAMES = (LLAVA, "embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
 
 
+def _described(error: BaseException) -> str:
+    """`Type: message` of an exception raised by user code, the message cut to 300 characters."""
+    text = str(error)
+    return type(error).__name__ + (f": {text[:300]}" if text else "")
+
+
 def _from_factory(name: str) -> LoadedModel:
     spec = name.removeprefix("module:")
     module_name, _, attr = spec.partition(":")
@@ -169,9 +175,16 @@ def _from_factory(name: str) -> LoadedModel:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise UnknownModelError(f"cannot import `{spec}`: {error}", "check the module path and the factory name") from None
+    except (Exception, SystemExit) as error:  # the user's module failed while importing: its error, not deos's
+        raise UnknownModelError(f"importing `{module_name}` raised {_described(error)}",
+                                f"run `python -c 'import {module_name}'` to see where") from None
     if not callable(factory):
         raise UnknownModelError(f"cannot call `{spec}`: it is a {type(factory).__name__}", "name a factory function")
-    made = factory()
+    try:
+        made = factory()
+    except (Exception, SystemExit) as error:  # user code: report it as the model's error, with what it said
+        raise UnknownModelError(f"factory `{spec}` raised {_described(error)}",
+                                "fix the factory; call it alone in Python to see its traceback") from None
     if isinstance(made, LoadedModel):
         loaded = made
     elif isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module):

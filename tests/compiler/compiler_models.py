@@ -124,3 +124,8 @@ def fixed_length() -> LoadedModel:
     """A `module:` factory: `FixedLength`, which no emit route can reduce."""
     torch.manual_seed(0)
     return LoadedModel("fixed", FixedLength(), (torch.rand(2, 3, 64, 64),))
+
+
+def raising() -> None:
+    """A `module:` factory that fails as a user's factory can (its error is the model's, not deos's)."""
+    raise RuntimeError("weights missing")

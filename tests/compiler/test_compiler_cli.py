@@ -49,6 +49,8 @@ def test_compile_bad_inputs_exit_1_without_traceback():
         (("--model", "hf:CLIPVisonModel"), "tome.deos", ["unknown model `hf:CLIPVisonModel`", "did you mean `hf:CLIPVisionModel`?"]),
         (("--model", "module:compiler_models:untraceable"), "tome.deos",
          ["cannot trace the model; tried 2 tracer(s):", "  - torch.export: ", "  - torch.fx.symbolic_trace: ", "hint:"]),
+        (("--model", "module:compiler_models:raising"), "tome.deos",
+         ["factory `compiler_models:raising` raised RuntimeError: weights missing", "hint: fix the factory"]),
         (("--model", "hf:Qwen2Model"), "tome.deos",
          [f"{SPACES / 'tome.deos'}:17:8: error: the model has no `vision.layers`", "^~~~", "hint: this model's block lists"]),
     ]

@@ -48,6 +48,8 @@ def test_module_factories():
     for bad, message in [("module:compiler_models", "bad model name"),
                          ("module:compiler_models:nope", "cannot import"),
                          ("module:no_such_module_xyz:f", "cannot import"),
-                         ("module:compiler_models:HF_MODELS", "cannot call")]:
+                         ("module:compiler_models:HF_MODELS", "cannot call"),
+                         ("module:compiler_models:raising", "factory `compiler_models:raising` raised RuntimeError: weights missing"),
+                         ("module:sys:exit", "factory `sys:exit` raised SystemExit")]:
         with pytest.raises(UnknownModelError, match=message):
             resolve_model(bad)

@@ -74,4 +74,4 @@ def test_few_examples_time_at_most_that_many_and_none_is_a_usage_error(searched:
     assert code == 0, err
     assert "latency ms, B=8" in out and "latency ms, B=32" not in out
     code, _, err = run("evaluate", str(searched), "--examples", "0")
-    assert code == 2 and "--examples and --repeats must be positive" in err
+    assert code == 2 and "argument --examples: expected a whole number >= 1, got 0" in err

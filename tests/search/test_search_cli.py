@@ -115,3 +115,19 @@ def test_bad_input_is_a_clear_error_before_any_compute(tmp_path: Path):
     code, _, err = run("emit", str(space), "--out", str(tmp_path / "e"))
     no_traceback(code, err, expected=2)
     assert "needs --model and --out" in err
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--steps", "0", "argument --steps: expected a whole number >= 1, got 0"),
+    ("--steps", "-1", "argument --steps: expected a whole number >= 1, got -1"),
+    ("--batch", "0", "argument --batch: expected a whole number >= 1, got 0"),
+    ("--checkpoint-every", "0", "argument --checkpoint-every: expected a whole number >= 1, got 0"),
+    ("--val", "-1", "argument --val: expected a whole number >= 0, got -1"),
+    ("--val", "ten", "argument --val: expected a whole number >= 0, got 'ten'"),
+])
+def test_numbers_out_of_range_are_usage_errors_that_name_the_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   flag: str, value: str, expected: str):
+    code, _, _ = run("search", str(write_space(tmp_path)), "--model", "embedded", "--out", str(tmp_path / "o"), flag, value)
+    err = capsys.readouterr().err  # argparse's own usage message
+    no_traceback(code, err, expected=2)
+    assert expected in err and not (tmp_path / "o").exists()

@@ -110,6 +110,6 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--budgets", "120", *common]) == 2
     assert "between 0 and 100" in capsys.readouterr().err
     assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--examples", "0", *common]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    assert "argument --examples: expected a whole number >= 1, got 0" in capsys.readouterr().err
     assert main(["study", str(tmp_path / "missing.deos"), "--search", "eos_study", *common]) == 1
     assert not (tmp_path / "o").exists()  # nothing written on bad input
