@@ -7,6 +7,7 @@ reported once and becomes a *poison* `Num` (value NaN) that later checks skip si
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from deos_dsl.errors import Diagnostic
@@ -73,7 +74,12 @@ class Folder:
             return poison(node.span)
         try:
             value = _apply(node.op, left.value, right.value)
-        except (ZeroDivisionError, OverflowError, ValueError) as error:
+        except ZeroDivisionError:
+            return self._error(node, f"cannot evaluate `{node.op}` here: division by zero")
+        except OverflowError:
+            return self._error(node, f"cannot evaluate `{node.op}` here: the result is too large (over {sys.float_info.max:.3g})",
+                               "use a smaller number")
+        except ValueError as error:
             return self._error(node, f"cannot evaluate `{node.op}` here: {error}")
         if math.isnan(value):
             return self._error(node, "this expression has no value (inf - inf, 0 * inf, ...)")

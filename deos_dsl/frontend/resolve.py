@@ -61,6 +61,11 @@ def merge(parent: ir.Space, child: ir.Space) -> ir.Space:
     })
 
 
+def _where(node: ir.Node) -> str:
+    """`file:line` of a node, for messages that point at a second place."""
+    return f"{node.span.file}:{node.span.line}" if node.span else "another file"
+
+
 class Resolver:
     """Resolves every space of a loaded program; diagnostics go to `program.diagnostics`."""
 
@@ -68,6 +73,7 @@ class Resolver:
         self.program = program
         self.diagnostics = program.diagnostics
         self.scopes: dict[str, dict[str, ir.Num]] = {}
+        self.origins: dict[str, dict[str, ir.Const]] = {}  # module -> the definitions of its visible constants
         self.declared: dict[str, tuple[ir.Space, str]] = {}  # space name -> (decl, module)
         self.merged: dict[str, ir.Space | None] = {}
         self.active: list[str] = []
@@ -85,15 +91,23 @@ class Resolver:
 
     def _declare(self, name: str, module: ir.Module) -> None:
         scope: dict[str, ir.Num] = {}
+        origins: dict[str, ir.Const] = {}  # constant name -> its definition (one per name in scope)
         for imported in self.program.imports.get(name, []):
+            for const_name, const in self.origins.get(imported, {}).items():
+                first = origins.setdefault(const_name, const)
+                if first is not const:  # two different files define it; one file reached twice is fine
+                    report(self.diagnostics, const, f"constant `{const_name}` is also defined at {_where(first)}, and "
+                           f"{module.file} imports both", "rename one of them")
             scope.update(self.scopes.get(imported, {}))
         pending = {c.name: c for c in module.consts}
         for const in module.consts:
             pending.pop(const.name, None)
-            if const.name in scope:
-                report(self.diagnostics, const, f"constant `{const.name}` is already defined", "rename one of them")
+            if const.name in origins:
+                report(self.diagnostics, const, f"constant `{const.name}` is already defined at {_where(origins[const.name])}",
+                       "rename one of them")
             scope[const.name] = Folder(scope, self.diagnostics, pending).expr(const.value)
-        self.scopes[name] = scope
+            origins[const.name] = const
+        self.scopes[name], self.origins[name] = scope, origins
         for space in module.spaces:
             if space.name in self.declared:
                 first, where = self.declared[space.name]

@@ -141,6 +141,32 @@ def test_import_is_resolved_relative_to_the_importing_file(tmp_path):
     assert space.sites[0].span.file.endswith("base.deos")
 
 
+def test_a_constant_from_two_imports_or_shadowing_one_names_both_places(tmp_path):
+    (tmp_path / "a.deos").write_text("const K = 0.3\n")
+    (tmp_path / "b.deos").write_text("# other\nconst K = 0.5\n")
+    (tmp_path / "c.deos").write_text('import "a.deos"\n')
+    both = tmp_path / "both.deos"
+    both.write_text('import "a.deos"\nimport "b.deos"\n')
+    with pytest.raises(SpaceError) as caught:
+        loads(both.read_text(), str(both))
+    (clash,) = caught.value.diagnostics
+    assert (clash.file, clash.line) == (str(tmp_path / "b.deos"), 2)
+    assert clash.message == f"constant `K` is also defined at {tmp_path / 'a.deos'}:1, and {both} imports both"
+    shadow = tmp_path / "shadow.deos"
+    shadow.write_text('import "a.deos"\nconst K = 0.4\n')
+    with pytest.raises(SpaceError, match=f"2:1: error: constant `K` is already defined at {tmp_path / 'a.deos'}:1"):
+        loads(shadow.read_text(), str(shadow))
+    diamond = tmp_path / "diamond.deos"  # one file reached by two paths defines K once: no clash
+    diamond.write_text('import "a.deos"\nimport "c.deos"\nspace s {\n  site decoder.layers[1] {\n    retain: K\n    ' + SITE + "\n  }\n}\n")
+    (space,) = loads(diamond.read_text(), str(diamond))
+    assert space.sites[0].retain.amount == ir.Num(value=0.3)
+
+
+def test_an_overflowing_constant_says_so_in_words():
+    with pytest.raises(SpaceError, match=r"1:11: error: cannot evaluate `\^` here: the result is too large \(over 1.8e\+308\)"):
+        loads("const k = 10^10000\n")
+
+
 @pytest.mark.parametrize("text", ["const x = " + "2 ^ " * 1500 + "1", "const x = " + "-" * 1500 + "1", "const x = " + "+".join(["1"] * 1500)])
 def test_deep_nesting_is_our_error_not_a_crash(text: str):
     with pytest.raises(SpaceError, match="nested too deeply"):
