@@ -155,7 +155,7 @@ def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     if Path(args.space_file).is_dir():
         if args.model is not None or args.space is not None:
             return _usage("a search directory fixes its space and model: drop --model / --space", err)
-        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), out)
+        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), args.trust_code, out)
     if args.model is None or args.out is None:
         return _usage("emitting a .deos file needs --model and --out", err)
     chosen = _selected_spaces(args, err, exactly_one=True)
@@ -166,12 +166,12 @@ def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _emit_search(directory: Path, target: Path | None, out: Console) -> int:
+def _emit_search(directory: Path, target: Path | None, trust_code: bool, out: Console) -> int:
     """`deos emit DIR`: compile the discrete schedule of the search in `directory`."""
     from deos_dsl.pipeline.render import emitted_lines
     from deos_dsl.search.result import emit_result
 
-    _print_lines(emitted_lines(*emit_result(directory, target)), out)
+    _print_lines(emitted_lines(*emit_result(directory, target, trust_code)), out)
     return EXIT_OK
 
 
@@ -199,7 +199,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
     out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s; wrote {args.out}/ (schedule.json, "
               "result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)", highlight=False, markup=False)
-    return _emit_search(Path(args.out), None, out) if args.emit else EXIT_OK
+    return _emit_search(Path(args.out), None, True, out) if args.emit else EXIT_OK  # this command's own model
 
 
 def cmd_cost(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -231,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     device = pick_device(args.device)
     with err.status(f"compiling the searched schedule of {args.directory}") as status:
-        searched = load_searched(Path(args.directory), data=args.data, device=str(device))
+        searched = load_searched(Path(args.directory), data=args.data, device=str(device), trust_code=args.trust_code)
         batch = searched.task.eval_batch(args.examples, "test")
         sizes = tuple(sorted({min(size, len(batch)) for size in EVALUATE_BATCH_SIZES}))
         dense, emitted = (Subject(lambda size, s=subject: s.at(size).to(device), subject.fixed)
@@ -269,6 +269,7 @@ def evaluate_arguments(evaluate_p: argparse.ArgumentParser) -> None:
                             help="interleaved timing rounds, medians reported (default 20)")
     evaluate_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate_p.add_argument("--data", metavar="DATA", help=f"the data to measure on (default: the search's own): {DATA_HELP}")
+    evaluate_p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 
 def count_at_least(minimum: int) -> Callable[[str], int]:
@@ -308,6 +309,10 @@ MODEL_HELP = ("embedded:llava (the shipped HF LLaVA), embedded (the shipped smal
 DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
              "data.jsonl), or module:pkg.mod:factory")
 DTYPE_HELP = "a checkpoint's dtype: float32 (default), bfloat16 or float16"
+TRUST_HELP = ("load a `module:` model or data that the search directory's run.json names (this imports and runs that "
+              "Python code: only for directories you trust)")
+
+
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
 
 
@@ -413,6 +418,7 @@ def emit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
     parser.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
+    parser.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 
 def no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -457,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sub = commands.add_parser(command.name, help=command.help)
         command.arguments(sub)
+        sub.add_argument("--import-path", action="append", default=[], metavar="DIR",
+                         help="a further folder that `import` may read from (repeatable; also DEOS_IMPORT_PATH)")
         sub.set_defaults(run=command.run)
     return parser
 
@@ -470,6 +478,9 @@ def main(argv: Sequence[str] | None = None, out: Console | None = None, err: Con
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
+    saved = os.environ.get("DEOS_IMPORT_PATH")
+    if args.import_path:  # the loader reads it (deos_dsl.frontend.loader.import_roots); restored below
+        os.environ["DEOS_IMPORT_PATH"] = os.pathsep.join([*args.import_path, *([saved] if saved else [])])
     try:
         return args.run(args, out, err)
     except DeosError as error:
@@ -485,6 +496,11 @@ def main(argv: Sequence[str] | None = None, out: Console | None = None, err: Con
         err.print(f"deos: internal error ({type(error).__name__}: {error}); please report it "
                   "(set DEOS_DEBUG=1 for the traceback)", highlight=False, markup=False)
         return EXIT_INTERNAL
+    finally:
+        if saved is None:
+            os.environ.pop("DEOS_IMPORT_PATH", None)
+        else:
+            os.environ["DEOS_IMPORT_PATH"] = saved
 
 
 if __name__ == "__main__":

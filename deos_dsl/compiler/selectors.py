@@ -46,7 +46,7 @@ def select(selector: ir.Selector, block_map: BlockMap, diagnostics: list[Diagnos
     if path not in lists:
         known = ", ".join(f"`{name}`" for name in lists) or "none"
         hint = suggest(path, lists) or f"this model's block lists: {known}"
-        _error(diagnostics, selector, f"the model has no `{path}` (no {selector.role} blocks were found)", hint)
+        report_at(diagnostics, selector, f"the model has no `{path}` (no {selector.role} blocks were found)", hint)
         return []
     blocks = lists[path]
     if selector.index is None or selector.index.every:
@@ -71,7 +71,7 @@ def select_blocks(selector: ir.Selector, block_map: BlockMap) -> list[Block]:
     return blocks
 
 
-def _error(diagnostics: list[Diagnostic], node: ir.Node, message: str, hint: str | None = None) -> None:
+def report_at(diagnostics: list[Diagnostic], node: ir.Node, message: str, hint: str | None = None) -> None:
     span = node.span  # None for spaces built in code: reported at <space>:1:1
     if span is None:
         diagnostics.append(Diagnostic("<space>", 1, 1, message, hint=hint))
@@ -93,13 +93,18 @@ def _select_item(item: ir.IndexItem, path: str, blocks: list[Block], diagnostics
         index = layer_index(item.at, length)
         if 0 <= index < length:
             return [blocks[index]]
-        _error(diagnostics, item, f"layer index {item.at.value:g} is out of range for `{path}` "
+        report_at(diagnostics, item, f"layer index {item.at.value:g} is out of range for `{path}` "
                f"({length} layers: 0..{length - 1})", f"use an index in [-{length}, {length - 1}] or a depth percent")
         return []
+    for bound in (item.start, item.stop):  # an explicit layer number past the model is a space for another model
+        if isinstance(bound, ir.Num) and bound.unit != "%" and not -length <= bound.value <= length:
+            report_at(diagnostics, item, f"the slice bound {bound.value:g} is past `{path}`, which has {length} layers "
+                   f"(0..{length - 1})", f"use bounds in [-{length}, {length}], leave the stop open (`[a:]`) or use depth percents")
+            return []
     step = _slice_bound(item.step, length)
     chosen = blocks[_slice_bound(item.start, length):_slice_bound(item.stop, length):step]
     if not chosen:
-        _error(diagnostics, item, f"the slice selects no layer of `{path}` ({length} layers)")
+        report_at(diagnostics, item, f"the slice selects no layer of `{path}` ({length} layers)")
     return chosen
 
 
@@ -112,11 +117,11 @@ def _select_module(selector: ir.ModuleSelector, block_map: BlockMap, diagnostics
     stacks = " or ".join(f"`{s.prefix}.*`" for s in block_map.stacks)
     modules = [path for path in block_map.module_paths if regex.match(path)]
     if modules:
-        _error(diagnostics, selector, f"module path `{selector.pattern}` matches {len(modules)} module(s) "
+        report_at(diagnostics, selector, f"module path `{selector.pattern}` matches {len(modules)} module(s) "
                f"(e.g. `{modules[0]}`) but no block: sites sit at block outputs", f"blocks are {stacks}")
     else:
         hint = suggest(selector.pattern, [block.path for block in blocks])
-        _error(diagnostics, selector, f"module path `{selector.pattern}` matches no block of the model",
+        report_at(diagnostics, selector, f"module path `{selector.pattern}` matches no block of the model",
                hint or f"blocks are {stacks}")
     return chosen
 

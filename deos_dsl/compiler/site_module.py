@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError, Diagnostic
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.regime import regime as regime_of
 from deos_dsl.frontend.vocab import SCORES
 from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce
 
+from .selectors import raise_diagnostics, report_at
 from .site_scores import grid_side
 from .site_transfer import bipartite_min_kept, extra_tokens, fuse_refusal, recycle_share, transfer_inputs
 
@@ -94,6 +95,30 @@ def gate_spec(activate: ir.Activate) -> ParamSpec:
     if isinstance(activate, ir.ActivateFixed):
         return ParamSpec("sigmoid", 0.0, 1.0, math.inf if activate.on else -math.inf, False)
     return ParamSpec("sigmoid", 0.0, 1.0, _number(activate.init).value, True)
+
+
+def _token_amounts(retain: ir.Retain) -> list[ir.Num]:
+    """The amounts of `retain` written as token counts (`64 tokens`, `drop 8 tokens`, ranges)."""
+    if isinstance(retain, (ir.RetainFixed, ir.RetainDrop)):
+        amounts = [retain.amount]
+    elif isinstance(retain, ir.RetainChoices):
+        amounts = list(retain.options)
+    else:
+        amounts = [retain.lo, retain.hi, retain.init]
+    return [num for num in map(_number, amounts) if num.unit == "tokens" or isinstance(retain, ir.RetainDrop)]
+
+
+def check_token_counts(retain: ir.Retain, n_reducible: int, site: str) -> None:
+    """A `SpaceError` at each token count of `retain` that the site's `n_reducible` tokens cannot
+    honour (keeping more than enter, or dropping them all): an error, not a silent clamp."""
+    diagnostics: list[Diagnostic] = []
+    dropping = isinstance(retain, ir.RetainDrop)
+    for num in _token_amounts(retain):
+        if (num.value >= n_reducible) if dropping else (num.value > n_reducible):
+            what = f"drops {num.value:g} tokens" if dropping else f"keeps {num.value:g} tokens"
+            report_at(diagnostics, num, f"`retain` {what}, but {n_reducible} reducible tokens reach `{site}` on this model",
+                      f"{'drop fewer than' if dropping else 'keep at most'} {n_reducible} tokens, or write a percent")
+    raise_diagnostics(diagnostics)
 
 
 def keep_spec(retain: ir.Retain, n_reducible: int) -> tuple[ParamSpec, str | None]:
@@ -170,6 +195,8 @@ class SiteModule(nn.Module):
         self.proportional = bool(op.proportional)
         # ToMe's bipartite split: only the odd span offsets (set B) receive transfer
         self.bipartite = settings.score.option in score.bipartite
+        if not (self.bipartite and self.count_mode == "drop"):  # ToMe caps its r at half the tokens, as published
+            check_token_counts(settings.retain, n_reducible, name)
         spatial = op.window is not None or op.width is not None
         self.locality = None if not spatial else (0.0 if op.window is not None else _number(op.width).value)
         self.register_buffer("positions", _grid_positions(span, op.window) if spatial else None)

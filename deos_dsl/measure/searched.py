@@ -75,11 +75,13 @@ def tokens_mean(schedule: dict[str, Any]) -> float | None:
 
 
 def load_searched(directory: Path, loaded: LoadedModel | None = None, data: str | None = None,
-                  device: str = "cpu") -> Searched:
+                  device: str = "cpu", trust_code: bool = False) -> Searched:
     """Load and compile the search in `directory` (module docstring) on `loaded` when that is
     the search's model (a caller that holds it saves a reload), else on the model the run names;
-    measured on `data` (default: the search's own). Raises `DeosError`."""
+    measured on `data` (default: the search's own). A `module:` model or data named by
+    `run.json` runs only with `trust_code` (`Run.require_trust`). Raises `DeosError`."""
     run = read_run(directory)
+    run.require_trust(directory, trust_code, model=loaded is None or loaded.name != run.model, data=data is None)
     schedule, settings = read_schedule(directory)
     if loaded is None or loaded.name != run.model:
         loaded = resolve_model(run.model, run.dtype, device)

@@ -51,6 +51,15 @@ class Run:
         data["space"] = json.loads(self.space.model_dump_json())
         return data
 
+    def require_trust(self, out: Path, trusted: bool, model: bool = True, data: bool = True) -> None:
+        """Refuse (`SearchError`) to load the `model` / `data` this run names when that would run
+        Python code (a `module:` factory) and the caller did not say it trusts `out`."""
+        named = [(kind, spec) for kind, spec, used in (("model", self.model, model), ("data", self.data, data)) if used]
+        code = [f"{kind} `{spec}`" for kind, spec in named if spec.startswith("module:")]
+        if code and not trusted:
+            raise SearchError(f"{out / RUN} names {' and '.join(code)}: loading it imports and runs that Python code",
+                              "if you trust this search directory (you ran it yourself), pass --trust-code")
+
     def differences(self, other: Run) -> list[str]:
         """The fields where `other` differs from this run (the space compared structurally)."""
         return [name for name in ("space", "model", "data", "batch_size", "steps", "seed", "dtype")
@@ -109,10 +118,12 @@ def read_schedule(out: Path) -> tuple[dict[str, Any], dict[str, ir.SiteSettings]
     return data, settings
 
 
-def emit_result(directory: Path, target: Path | None = None) -> tuple[Emitted, list[Path]]:
+def emit_result(directory: Path, target: Path | None = None, trust_code: bool = False) -> tuple[Emitted, list[Path]]:
     """Compile the discrete schedule of the search in `directory` on its model and write the
-    artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`)."""
+    artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`);
+    a `module:` model named by `run.json` runs only with `trust_code` (`Run.require_trust`)."""
     run = read_run(directory)
+    run.require_trust(directory, trust_code, data=False)
     _, settings = read_schedule(directory)
     emitted = compile_emitted(run.space, resolve_model(run.model, run.dtype), settings)
     return emitted, write_artifacts(emitted, target or directory / EMITTED)

@@ -121,6 +121,8 @@ BAD = """space bad {
   site decoder.layers[-4, 1] {}
   site "layers.*.mlp" {}
   site "layer.1" {}
+  site decoder.layers[1:16:2] {}
+  site decoder.layers[-9:] {}
 }
 """
 
@@ -141,6 +143,10 @@ def test_bad_selectors_are_all_reported_with_positions_and_suggestions(tmp_path:
         (10, 8, "module path `layers.*.mlp` matches 3 module(s) (e.g. `layers.0.mlp`) but no block: "
          "sites sit at block outputs", "blocks are `layers.*`"),
         (11, 8, "module path `layer.1` matches no block of the model", "did you mean `layers.1`?"),
+        (12, 23, "the slice bound 16 is past `decoder.layers`, which has 3 layers (0..2)",
+         "use bounds in [-3, 3], leave the stop open (`[a:]`) or use depth percents"),
+        (13, 23, "the slice bound -9 is past `decoder.layers`, which has 3 layers (0..2)",
+         "use bounds in [-3, 3], leave the stop open (`[a:]`) or use depth percents"),
     ]
     assert all(d.file == str(file) and d.source_line == BAD.splitlines()[d.line - 1] for d in caught.value.diagnostics)
     assert not any(META_KEY in n.meta for n in block_map(QWEN).graph_module.graph.nodes)

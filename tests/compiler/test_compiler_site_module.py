@@ -11,7 +11,7 @@ import torch
 
 from deos_dsl.compiler.hard_site import plan_site
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError, SpaceError
 from relaxed_cases import bundled, space_from
 
 SPAN = (2, 18)
@@ -90,4 +90,18 @@ def test_a_bipartite_merge_removes_at_most_half_the_span(tmp_path: Path):
     assert torch.equal(module.keep_ratio(torch.tensor([16.0, 11.0])) * 16, torch.tensor([8.0, 6.0]))
     prune = space_from("space s {\n  site vision.layers[0] {\n    retain: drop 16 tokens\n    score: norm\n"
                        "    operator: prune\n  }\n}\n", tmp_path)
-    assert plan_site("s", SiteModule("s", prune.sites[0], (1, 17), 8), (1, 17)).keep == 0
+    assert plan_site("s", SiteModule("s", prune.sites[0], (1, 33), 8), (1, 17)).keep == 0  # after an upstream cut
+    with pytest.raises(SpaceError, match="`retain` drops 16 tokens, but 16 reducible tokens reach `s` on this model"):
+        SiteModule("s", prune.sites[0], (1, 17), 8)
+
+
+def test_a_count_the_model_cannot_honour_is_an_error_at_its_position(tmp_path: Path):
+    space = space_from("space s {\n  site decoder.layers[0] {\n    retain: choices(8 tokens, 64 tokens)\n"
+                       "    score: norm\n    operator: prune\n  }\n}\n", tmp_path)
+    with pytest.raises(SpaceError) as caught:
+        SiteModule("s", space.sites[0], SPAN, 8)
+    (error,) = caught.value.diagnostics
+    assert (error.line, error.col) == (3, 31) and error.message == (
+        "`retain` keeps 64 tokens, but 16 reducible tokens reach `s` on this model")
+    assert error.hint == "keep at most 16 tokens, or write a percent"
+    assert SiteModule("s", space.sites[0], (0, 64), 8).count_mode is None  # 64 tokens reach it: fine

@@ -131,3 +131,26 @@ def test_numbers_out_of_range_are_usage_errors_that_name_the_range(tmp_path: Pat
     err = capsys.readouterr().err  # argparse's own usage message
     no_traceback(code, err, expected=2)
     assert expected in err and not (tmp_path / "o").exists()
+
+
+def test_a_run_json_naming_code_is_not_executed_without_trust_code(searched: tuple[Path, str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """A search directory is data a user may receive; its run.json may name a `module:` model, and
+    `deos emit` / `evaluate` would import and run it: only after `--trust-code`."""
+    directory, _ = searched
+    (tmp_path / "planted.py").write_text("from pathlib import Path\n\ndef factory():\n"
+                                         f"    Path({str(tmp_path / 'ran')!r}).write_text('x')\n    raise RuntimeError('planted')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    received = tmp_path / "received"
+    received.mkdir()
+    run_json = json.loads((directory / "run.json").read_text())
+    (received / "run.json").write_text(json.dumps({**run_json, "model": "module:planted:factory"}))
+    (received / "schedule.json").write_text((directory / "schedule.json").read_text())
+    for argv in (["emit", str(received)], ["evaluate", str(received)]):
+        code, _, err = run(*argv)
+        no_traceback(code, err)
+        assert "names model `module:planted:factory`: loading it imports and runs that Python code" in err
+        assert "pass --trust-code" in err and not (tmp_path / "ran").exists()
+    code, _, err = run("emit", str(received), "--trust-code")
+    no_traceback(code, err)
+    assert "factory `planted:factory` raised RuntimeError: planted" in err and (tmp_path / "ran").exists()
