@@ -12,6 +12,12 @@ Already traced input is accepted as is: an `fx.GraphModule` (propagated again wh
 `meta['val']`) or an `ExportedProgram`. When every tracer fails, ONE `UntraceableModelError`
 lists each tracer with the first line of its error.
 
+A trace must equal the eager model: each traced graph is run beside the model on the example
+inputs with their floating values perturbed (`eager_mismatch`), and a graph off by more than the
+dtype's tolerance (`EAGER_TOLERANCE`, relative to the output's largest magnitude) counts as a
+failed tracer, so the next one is tried (a silently wrong trace, e.g. a bidirectional prefix
+mask traced causal, is never used). `DEOS_SKIP_EAGER_CHECK=1` skips the check.
+
 Invariant of a `TracedModel`: every tensor-valued node has `meta['val']` (a fake tensor whose
 shape may hold SymInts) and `graph_module(*args, **kwargs)` equals the model's forward.
 """
@@ -19,6 +25,7 @@ shape may hold SymInts) and `graph_module(*args, **kwargs)` equals the model's f
 from __future__ import annotations
 
 import inspect
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,6 +36,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.export import Dim, ExportedProgram, export
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .errors import UntraceableModelError
 
@@ -37,7 +45,8 @@ TRACERS = (EXPORT, SYMBOLIC, LANGUAGE_MODEL)
 GIVEN_GRAPH, GIVEN_PROGRAM = "given fx.GraphModule", "given ExportedProgram"
 LANGUAGE_MODEL_PATHS = ("model.language_model", "language_model")
 HINT = ("make the forward traceable (no Python control flow on tensor values; see "
-        "docs/operator.md), or trace it yourself and pass the fx.GraphModule / ExportedProgram")
+        "docs/operator.md), or trace it yourself and pass the fx.GraphModule / ExportedProgram "
+        "(a trace that differs from the eager model is refused; DEOS_SKIP_EAGER_CHECK=1 uses it anyway)")
 
 
 @dataclass
@@ -138,6 +147,49 @@ def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return expand_scatter_masks(export(model, args, kwargs, strict=False).module())
 
 
+EAGER_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+PERTURBATION = 0.05  # noise added to each floating input, relative to its standard deviation
+
+
+def _perturbed(value: Any, generator: torch.Generator) -> Any:
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return value
+    noise = torch.randn(value.shape, generator=generator).to(value.device, value.dtype)
+    scale = value.float().std().nan_to_num(1.0).clamp_min(1e-3).item() if value.numel() > 1 else 1.0
+    return value + PERTURBATION * scale * noise
+
+
+def _floating_leaves(output: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_leaves(output) if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()]
+
+
+def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """None when `gm` reproduces `model` on perturbed example inputs (module docstring), else
+    what differs (one line)."""
+    if os.environ.get("DEOS_SKIP_EAGER_CHECK") == "1":
+        return None
+    generator = torch.Generator().manual_seed(0)
+    args, kwargs = tree_map(lambda v: _perturbed(v, generator), (args, kwargs))
+    with torch.no_grad():
+        expected = _floating_leaves(model(*args, **kwargs))
+        try:
+            traced = _floating_leaves(gm(*args, **kwargs))
+        except Exception as error:  # noqa: BLE001  (a graph that fails on new values is a wrong trace)
+            return f"the traced graph fails on new input values: {first_line(error)}"
+    if len(traced) != len(expected):
+        return f"the traced graph returns {len(traced)} floating outputs, the eager model {len(expected)}"
+    for index, (want, got) in enumerate(zip(expected, traced)):
+        if want.shape != got.shape:
+            return f"output {index} is {tuple(got.shape)} traced, {tuple(want.shape)} eager"
+        scale = want.double().abs().max().clamp_min(1e-6) if want.numel() else torch.tensor(1.0)
+        error = float(((want.double() - got.double()).abs().max() / scale).nan_to_num(float("inf"))) if want.numel() else 0.0
+        tolerance = EAGER_TOLERANCE.get(want.dtype, 1e-3)
+        if not error <= tolerance:
+            return (f"the traced graph differs from the eager model by {error:.2g} of output {index}'s scale "
+                    f"(tolerance {tolerance:g} in {str(want.dtype).removeprefix('torch.')})")
+    return None
+
+
 def placeholder_values(gm: fx.GraphModule, root: nn.Module | None, args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> list[Any]:
     """The value of each placeholder of `gm` (a trace of `root`) for the call `root(*args, **kwargs)`."""
@@ -190,6 +242,9 @@ def trace_language_model(model: nn.Module, length: int = 24) -> TracedModel:
         raise AttributeError(f"{type(model).__name__} has no {' / '.join(LANGUAGE_MODEL_PATHS)}")
     kwargs = language_model_inputs(language_model, length)
     gm = _export(language_model, (), kwargs)
+    problem = eager_mismatch(language_model, gm, (), kwargs)
+    if problem:
+        raise ValueError(problem)
     return TracedModel(gm, LANGUAGE_MODEL, language_model, (), kwargs, symbolic_dims(gm))
 
 
@@ -223,6 +278,10 @@ def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, 
             gm = run()
         except Exception as error:  # noqa: BLE001  (every tracer failure is collected and reported)
             failures.append((name, first_line(error)))
+            continue
+        problem = eager_mismatch(model, gm, args, kwargs)
+        if problem:  # a wrong graph is a failed tracer: the next one may be right
+            failures.append((name, problem))
             continue
         return TracedModel(gm, name, model, args, kwargs, symbolic_dims(gm), failures)
     if LANGUAGE_MODEL in tracers and language_model_of(model) is not None:

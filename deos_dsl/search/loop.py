@@ -47,7 +47,7 @@ from deos_dsl.pipeline import search_flops
 from deos_dsl.tasks import make_task
 
 from . import ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
 from .discretise import Discretiser, Schedule, site_retains
 from .graph import SearchGraph, build_search_graph
@@ -174,6 +174,9 @@ class Search:
             if differences:
                 raise SearchError(f"--resume with other arguments than the search in {self.out}: {', '.join(differences)} differ",
                                   "resume with the same space, --model, --data, --batch and --steps")
+            if not 0 <= state["step"] <= self.run_info.steps:
+                raise SearchError(f"checkpoint {self.out / CHECKPOINT} says {state['step']} steps are done, but this "
+                                  f"search has {self.run_info.steps}", "delete it and run the search again without --resume")
             return state
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise SearchError(f"{self.out} already exists and is not empty", "choose a new --out, or pass --resume")
@@ -199,10 +202,15 @@ class Search:
         self.usefulness: dict[str, float] = {}
         start = 0
         if self.state is not None:
-            for name, module in self.graph.modules.items():
-                module.load_state_dict(self.state["modules"][name])
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            self.lagrangian.load_state_dict(self.state["lagrangian"])
+            try:
+                for name, module in self.graph.modules.items():
+                    module.load_state_dict(self.state["modules"][name])
+                self.optimizer.load_state_dict(self.state["optimizer"])
+                self.lagrangian.load_state_dict(self.state["lagrangian"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as error:  # a foreign or edited checkpoint
+                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                raise SearchError(f"checkpoint {self.out / CHECKPOINT} does not fit this search ({first[:200]})",
+                                  "delete it and run the search again without --resume") from None
             self.usefulness, start = dict(self.state["usefulness"]), self.state["step"]
         self.model = ddp.replicate(self.graph.gm, self.world, self.device)
         return start

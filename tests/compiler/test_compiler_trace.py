@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import fx, nn
@@ -94,3 +96,43 @@ def test_language_model_of_llava_binds_its_decoder():
     assert stack.role == "decoder" and len(stack.blocks) == 3
     assert sorted(s.kind for s in stack.blocks[0].side) == ["mask", "positional", "positional"]
     assert block_map.spans["decoder"] == (2, 18)
+
+
+class Noisy(nn.Module):
+    """Random in eval mode: no graph can reproduce a call of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) + torch.rand_like(x)
+
+
+class Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.factor
+
+
+def test_a_trace_that_differs_from_eager_is_a_failed_tracer(monkeypatch: pytest.MonkeyPatch):
+    """A graph 3% off the eager model (as a bidirectional mask traced causal was) is never used:
+    that tracer counts as failed with the measured difference, and the next one is tried."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)).eval()
+    monkeypatch.setattr(sys.modules["deos_dsl.compiler.trace"], "_export", lambda m, a, k: fx.symbolic_trace(Scaled(m, 1.03)))
+    result = trace(model, (torch.randn(2, 4),))
+    assert result.tracer == SYMBOLIC and result.failures[0][0] == EXPORT
+    assert result.failures[0][1].startswith("the traced graph differs from the eager model by 0.03 of output 0's scale "
+                                            "(tolerance 0.001 in float32)")
+
+
+def test_a_model_no_trace_can_reproduce_is_refused_unless_the_check_is_skipped(monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(UntraceableModelError) as caught:
+        trace(Noisy().eval(), (torch.randn(2, 4),))
+    assert all("differs from the eager model" in line for line in str(caught.value).splitlines()[1:3])
+    assert "DEOS_SKIP_EAGER_CHECK=1" in caught.value.hint
+    monkeypatch.setenv("DEOS_SKIP_EAGER_CHECK", "1")
+    assert trace(Noisy().eval(), (torch.randn(2, 4),)).tracer == EXPORT

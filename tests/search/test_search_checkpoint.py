@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,3 +115,19 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
     states_w, schedule_w, records_w = finished(whole)
     assert records == records_w and schedule == schedule_w
     assert all(torch.equal(states[n][k], v) for n, s in states_w.items() for k, v in s.items())
+
+
+def test_an_edited_checkpoint_is_refused_before_any_step(uninterrupted, tmp_path: Path):
+    """A checkpoint is validated against the run it claims to resume: its step count within the
+    run's, its module states those of the run's sites."""
+    whole, _ = uninterrupted
+    state = torch.load(whole / CHECKPOINT, weights_only=True)
+    cases = [({**state, "step": 10**9}, "says 1000000000 steps are done, but this search has 5"),
+             ({**state, "modules": {}}, "does not fit this search"),
+             ({**state, "step": -1}, "says -1 steps are done")]
+    for number, (edited, message) in enumerate(cases):
+        out = tmp_path / f"edited{number}"
+        shutil.copytree(whole, out)
+        torch.save(edited, out / CHECKPOINT)
+        with pytest.raises(SearchError, match=message):
+            Search(load_space(tmp_path, steps=5), "embedded", "embedded", out, OPTIONS, resume=True).prepare()
