@@ -16,7 +16,8 @@ A trace must equal the eager model: each traced graph is run beside the model on
 inputs with their floating values perturbed (`eager_mismatch`), and a graph off by more than the
 dtype's tolerance (`EAGER_TOLERANCE`, relative to the output's largest magnitude) counts as a
 failed tracer, so the next one is tried (a silently wrong trace, e.g. a bidirectional prefix
-mask traced causal, is never used). `DEOS_SKIP_EAGER_CHECK=1` skips the check.
+mask traced causal, is never used). `DEOS_SKIP_EAGER_CHECK=1` skips the check; a model on the
+meta device (shapes only, e.g. a 7B model costed without weights) has no values to compare.
 
 Invariant of a `TracedModel`: every tensor-valued node has `meta['val']` (a fake tensor whose
 shape may hold SymInts) and `graph_module(*args, **kwargs)` equals the model's forward.
@@ -166,8 +167,9 @@ def _floating_leaves(output: Any) -> list[torch.Tensor]:
 def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """None when `gm` reproduces `model` on perturbed example inputs (module docstring), else
     what differs (one line)."""
-    if os.environ.get("DEOS_SKIP_EAGER_CHECK") == "1":
-        return None
+    inputs = [v for v in tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
+    if os.environ.get("DEOS_SKIP_EAGER_CHECK") == "1" or any(t.is_meta for t in (*inputs, *model.parameters())):
+        return None  # skipped, or a model on the meta device: shapes only, no values to compare
     generator = torch.Generator().manual_seed(0)
     args, kwargs = tree_map(lambda v: _perturbed(v, generator), (args, kwargs))
     with torch.no_grad():
