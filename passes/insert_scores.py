@@ -26,7 +26,7 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
-from deos_dsl.compiler.graph_edit import insert_after, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.graph_edit import has_eager_attention, insert_after, refresh, sdpa_argument, sdpa_nodes
 from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score
 from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
 from deos_dsl.compiler.spans import reducible_span
@@ -76,6 +76,11 @@ class InsertScores(PassBase):
     @staticmethod
     def _attention(site: BoundSite, required: bool) -> fx.Node | None:
         found = sdpa_nodes(site.block.nodes)
+        if not found and required and has_eager_attention(site.block.nodes):
+            raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` computes its attention eagerly "
+                                   "(matmul + softmax); attention scores are recomputed from scaled_dot_product_attention "
+                                   "only", "load the model with attn_implementation=\"sdpa\" where its architecture has it "
+                                   "(Gemma2's soft-capping has none), or use `score: norm` or `similarity` at this site")
         if not found and required:
             raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` has no scaled_dot_product_attention "
                                    "to recompute attention scores from", "use `score: norm` on blocks without attention")

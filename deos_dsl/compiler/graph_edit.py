@@ -39,6 +39,16 @@ def sdpa_nodes(nodes: list[fx.Node]) -> list[fx.Node]:
     return [node for node in nodes if is_sdpa(node)]
 
 
+SOFTMAX_TARGETS = (torch.ops.aten._softmax.default, torch.ops.aten.softmax.int, F.softmax, torch.softmax)
+
+
+def has_eager_attention(nodes: list[fx.Node]) -> bool:
+    """Whether `nodes` compute a softmax (attention written as matmul + softmax, e.g. an HF
+    model with `attn_implementation="eager"`) rather than calling the fused kernel."""
+    return any((node.op == "call_function" and node.target in SOFTMAX_TARGETS)
+               or (node.op == "call_method" and node.target == "softmax") for node in nodes)
+
+
 def sdpa_argument(node: fx.Node, name: str) -> Any:
     """Argument `name` of an attention node (positional or keyword; its default if absent)."""
     index = SDPA_PARAMETERS.index(name)

@@ -129,3 +129,11 @@ def fixed_length() -> LoadedModel:
 def raising() -> None:
     """A `module:` factory that fails as a user's factory can (its error is the model's, not deos's)."""
     raise RuntimeError("weights missing")
+
+
+def eager_qwen2() -> LoadedModel:
+    """A `module:` factory: `hf:Qwen2Model` with `attn_implementation="eager"` (matmul + softmax)."""
+    model = resolve_model("hf:Qwen2Model")
+    model.model.config._attn_implementation = "eager"
+    model.name = "module:compiler_models:eager_qwen2"
+    return model

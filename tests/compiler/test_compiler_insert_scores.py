@@ -13,6 +13,7 @@ from torch import fx
 from compiler_models import loaded, tensors
 from deos_dsl.compiler.graph_edit import sdpa_argument
 from deos_dsl.compiler.sites import META_SDPA
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.passes.bind_sites import bind_sites
 from deos_dsl.passes.insert_scores import InsertScores
 from relaxed_cases import DECODER, fresh_block_map, space_from
@@ -86,3 +87,14 @@ def test_norm_and_similarity_scores_on_the_stream(tmp_path: Path):
     torch.testing.assert_close(env[first], x0.norm(dim=-1))
     text_mean = torch.nn.functional.normalize(x1[:, 144:].mean(dim=1), dim=-1)
     torch.testing.assert_close(env[second], (torch.nn.functional.normalize(x1, dim=-1) * text_mean[:, None]).sum(-1))
+
+
+def test_eager_attention_is_named_with_a_hint_that_helps(tmp_path: Path):
+    """A block computing attention as matmul + softmax is told apart from a block without
+    attention: the hint points to sdpa or a non-attention score, not to "blocks without attention"."""
+    block_map = fresh_block_map("module:compiler_models:eager_qwen2")
+    space = space_from(DECODER, tmp_path)
+    with pytest.raises(DeosCompileError) as caught:
+        InsertScores(space, block_map, bind_sites(space, block_map))(block_map.graph_module)
+    assert "computes its attention eagerly (matmul + softmax)" in caught.value.message
+    assert caught.value.hint.startswith('load the model with attn_implementation="sdpa"')
