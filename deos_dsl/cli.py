@@ -311,8 +311,6 @@ DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, pro
 DTYPE_HELP = "a checkpoint's dtype: float32 (default), bfloat16 or float16"
 TRUST_HELP = ("load a `module:` model or data that the search directory's run.json names (this imports and runs that "
               "Python code: only for directories you trust)")
-
-
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
 
 

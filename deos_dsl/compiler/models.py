@@ -29,6 +29,7 @@ from deos_dsl.frontend.diagnostics import suggest
 
 from .checkpoints import is_checkpoint, load_checkpoint
 from .errors import UnknownModelError
+from .trace import first_line
 
 Span = tuple[int, int]
 
@@ -160,12 +161,6 @@ LLAVA = "embedded:llava"
 MODEL_NAMES = (LLAVA, "embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
 
 
-def _described(error: BaseException) -> str:
-    """`Type: message` of an exception raised by user code, the message cut to 300 characters."""
-    text = str(error)
-    return type(error).__name__ + (f": {text[:300]}" if text else "")
-
-
 def _from_factory(name: str) -> LoadedModel:
     spec = name.removeprefix("module:")
     module_name, _, attr = spec.partition(":")
@@ -176,14 +171,14 @@ def _from_factory(name: str) -> LoadedModel:
     except (ImportError, AttributeError) as error:
         raise UnknownModelError(f"cannot import `{spec}`: {error}", "check the module path and the factory name") from None
     except (Exception, SystemExit) as error:  # the user's module failed while importing: its error, not deos's
-        raise UnknownModelError(f"importing `{module_name}` raised {_described(error)}",
+        raise UnknownModelError(f"importing `{module_name}` raised {first_line(error)[:300]}",
                                 f"run `python -c 'import {module_name}'` to see where") from None
     if not callable(factory):
         raise UnknownModelError(f"cannot call `{spec}`: it is a {type(factory).__name__}", "name a factory function")
     try:
         made = factory()
     except (Exception, SystemExit) as error:  # user code: report it as the model's error, with what it said
-        raise UnknownModelError(f"factory `{spec}` raised {_described(error)}",
+        raise UnknownModelError(f"factory `{spec}` raised {first_line(error)[:300]}",
                                 "fix the factory; call it alone in Python to see its traceback") from None
     if isinstance(made, LoadedModel):
         loaded = made

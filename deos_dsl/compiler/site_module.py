@@ -98,14 +98,17 @@ def gate_spec(activate: ir.Activate) -> ParamSpec:
 
 
 def _token_amounts(retain: ir.Retain) -> list[ir.Num]:
-    """The amounts of `retain` written as token counts (`64 tokens`, `drop 8 tokens`, ranges)."""
-    if isinstance(retain, (ir.RetainFixed, ir.RetainDrop)):
+    """The amounts of `retain` that are token counts (`64 tokens`, `drop 8 tokens`, count choices;
+    a learned range takes ratios only)."""
+    if isinstance(retain, ir.RetainDrop):
+        return [_number(retain.amount)]
+    if isinstance(retain, ir.RetainFixed):
         amounts = [retain.amount]
     elif isinstance(retain, ir.RetainChoices):
         amounts = list(retain.options)
     else:
-        amounts = [retain.lo, retain.hi, retain.init]
-    return [num for num in map(_number, amounts) if num.unit == "tokens" or isinstance(retain, ir.RetainDrop)]
+        return []
+    return [num for num in map(_number, amounts) if num.unit == "tokens"]
 
 
 def check_token_counts(retain: ir.Retain, n_reducible: int, site: str) -> None:

@@ -81,9 +81,10 @@ def load_searched(directory: Path, loaded: LoadedModel | None = None, data: str 
     measured on `data` (default: the search's own). A `module:` model or data named by
     `run.json` runs only with `trust_code` (`Run.require_trust`). Raises `DeosError`."""
     run = read_run(directory)
-    run.require_trust(directory, trust_code, model=loaded is None or loaded.name != run.model, data=data is None)
+    reload = loaded is None or loaded.name != run.model
+    run.require_trust(directory, trust_code, model=reload, data=data is None)
     schedule, settings = read_schedule(directory)
-    if loaded is None or loaded.name != run.model:
+    if reload:
         loaded = resolve_model(run.model, run.dtype, device)
     task = make_task(data or run.data, loaded)
     emitted = compile_emitted(run.space, loaded, settings)

@@ -51,7 +51,7 @@ from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
-from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
+from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, first_line, trace
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.files import write_directory_atomically
 from deos_dsl.frontend import ir
@@ -218,8 +218,7 @@ def export_program(emitted: Emitted) -> torch.export.ExportedProgram:
     try:
         return torch.export.export(FlatOutputs(emitted.module), emitted.args, emitted.kwargs, strict=False)
     except Exception as error:  # noqa: BLE001  (any export failure is reported with its first line)
-        first = next((line for line in str(error).splitlines() if line.strip()), "")
-        raise DeosCompileError(f"cannot export the emitted graph: {type(error).__name__}: {first}",
+        raise DeosCompileError(f"cannot export the emitted graph: {first_line(error)}",
                                "report the model; the emitted fx code is still available with gm.code") from error
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from deos_dsl.compiler.trace import first_line
 from deos_dsl.errors import SearchError
 from deos_dsl.files import write_atomically
 
@@ -40,8 +41,7 @@ def load_checkpoint(out: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch raises many types for torn or foreign files)
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise SearchError(f"checkpoint {path} is corrupt or not a deos checkpoint ({first[:200]})",
+        raise SearchError(f"checkpoint {path} is corrupt or not a deos checkpoint ({first_line(error)[:200]})",
                           "delete it and run the search again without --resume") from None
     bad = [key for key, kind in KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
     if bad or state["format"] != FORMAT:

@@ -40,6 +40,7 @@ from rich.console import Console
 from torch import Tensor
 
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.compiler.trace import first_line
 from deos_dsl.data import Encoded
 from deos_dsl.errors import SearchError
 from deos_dsl.frontend import ir
@@ -208,8 +209,7 @@ class Search:
                 self.optimizer.load_state_dict(self.state["optimizer"])
                 self.lagrangian.load_state_dict(self.state["lagrangian"])
             except (KeyError, RuntimeError, ValueError, TypeError) as error:  # a foreign or edited checkpoint
-                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-                raise SearchError(f"checkpoint {self.out / CHECKPOINT} does not fit this search ({first[:200]})",
+                raise SearchError(f"checkpoint {self.out / CHECKPOINT} does not fit this search ({first_line(error)[:200]})",
                                   "delete it and run the search again without --resume") from None
             self.usefulness, start = dict(self.state["usefulness"]), self.state["step"]
         self.model = ddp.replicate(self.graph.gm, self.world, self.device)
