@@ -19,7 +19,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deos_dsl.compiler import TracedModel, build_block_map, trace, trace_language_model  # noqa: E402
-from deos_dsl.compiler.models import llava_config  # noqa: E402
+from deos_dsl.compiler.tiny_models import llava_config  # noqa: E402
 from deos_dsl.frontend import load_spaces  # noqa: E402
 from deos_dsl.passes.bind_sites import bind_sites  # noqa: E402
 

@@ -127,7 +127,7 @@ def main() -> None:
           f"total {t2 - t0:.1f} s (target < 60 s); vision tower {VISION['num_hidden_layers']} layers")
     report("7B", cost, TEXT["hidden_size"], TEXT["intermediate_size"], TEXT["num_hidden_layers"], whole=True)
     if with_13b:
-        from deos_dsl.compiler.models import llava_config
+        from deos_dsl.compiler.tiny_models import llava_config
         import transformers as tf
 
         t3 = time.perf_counter()

@@ -125,20 +125,22 @@ def _selected_spaces(args: argparse.Namespace, err: Console, *, exactly_one: boo
 def cmd_compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import resolve_model
     from deos_dsl.compiler.render import block_table, sites_table
-    from deos_dsl.pipeline import bind_model
+    from deos_dsl.pipeline import check_space
+    from deos_dsl.pipeline.render import checked_lines
 
     chosen = _selected_spaces(args, err, exactly_one=False)
     if chosen is None:
         return EXIT_DIAGNOSTICS
     loaded = resolve_model(args.model, args.dtype)
-    bound = [bind_model(space, loaded) for space in chosen]  # each space on its own trace
-    traced = bound[0].traced
+    checked = [check_space(space, loaded) for space in chosen]  # each space on its own trace
+    traced = checked[0].bound.traced
     out.print(f"model {loaded.name}: {loaded.source}", highlight=False, markup=False)
     out.print(f"tracer: {traced.tracer}" + "".join(f"\n  (failed first: {t}: {e})" for t, e in traced.failures)
               + f"\ndynamic dims: {traced.dynamic_dims or 'none'}", highlight=False, markup=False)
-    out.print(block_table(bound[0].block_map))
-    for space, binding in zip(chosen, bound):
-        out.print(sites_table(space.name, binding.sites))
+    out.print(block_table(checked[0].bound.block_map))
+    for space, check in zip(chosen, checked):
+        out.print(sites_table(space.name, check.bound.sites))
+        _print_lines(checked_lines(check), out)
     return EXIT_OK
 
 

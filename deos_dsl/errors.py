@@ -118,3 +118,9 @@ class FileAccessError(DeosError):
         where = f": {error.filename}" if error.filename is not None else ""
         reason = error.strerror or type(error).__name__
         return cls(f"{reason}{where}", cls.HINTS.get(error.errno or 0, "check the path, its permissions and the free disk space"))
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first non-empty line of the message` (what an attempt list shows)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sympy
 from torch import fx
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
@@ -31,6 +32,7 @@ from deos_dsl.cost.formulas import Conventions
 from deos_dsl.cost.model import Cost, GroupCost, SiteCost
 from deos_dsl.cost.propagate import Costs, add_costs
 from deos_dsl.cost.tokens import TokenPropagation
+from deos_dsl.errors import CostError
 
 META_COST = "deos_flops"
 OUTSIDE = "outside"
@@ -60,8 +62,13 @@ class AttachCost(PassBase):
         self._code = graph_module.code
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        walk = TokenPropagation(self.block_map, self.sites, self.scores, self.modules, self.conventions)
-        walk.run(graph_module)
+        try:
+            walk = TokenPropagation(self.block_map, self.sites, self.scores, self.modules, self.conventions)
+            walk.run(graph_module)
+        except GuardOnDataDependentSymNode as error:  # a size with no value at trace time
+            raise CostError(f"a tensor size depends on the input values ({str(error).splitlines()[0][:200]})",
+                            "the cost is derived from shapes alone; a model that selects inputs by value (e.g. drops "
+                            "padding images) has data-dependent sizes: report the model") from None
         groups: dict[str, Costs] = {block.path: {} for block in self.block_map.blocks()}
         groups[OUTSIDE] = {}
         scores: dict[str, Costs] = {site.name: {} for site in self.sites}

@@ -61,8 +61,8 @@ from deos_dsl.compiler.rebind import META_REBIND, Rebind
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, bias_attention
 from deos_dsl.compiler.token_flow import TokenFlow, token_flow
-from deos_dsl.compiler.trace import SYMBOLIC, first_line
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.compiler.trace import SYMBOLIC
+from deos_dsl.errors import DeosCompileError, first_line
 from deos_dsl.ops import gather_tokens
 
 OUTPUTS = ("x", "kept_idx", "sizes", "bias")

@@ -3,14 +3,18 @@
 Per site, by what its `score` is in the table `deos_dsl.frontend.vocab.SCORES` (kernels in
 `deos_dsl.compiler.site_scores`):
 - an `attention` score (`attention(query: last | cls | text)`): ONE recomputed query row from
-  the q and k feeding the block's (last) attention node, post-RoPE `[B, H, N, dh]`, with that
-  node's mask, causality and scale; the node is inserted right after the attention node;
+  the q and k feeding the block's (last) `scaled_dot_product_attention`, post-RoPE
+  `[B, H, N, dh]`, with that node's mask, causality and scale; in a block that computes
+  attention eagerly (matmul + softmax, e.g. Gemma2's soft-capping) the query rows of the
+  probabilities its softmax returns (`text`: the mean of the text rows, not the row of the mean
+  text query); the node is inserted right after the attention node;
 - a `learned` score: nothing here (the site module owns the scorer);
 - any other (`norm`, `similarity(to: text | tokens)`, `position`): its stream kernel on the
   block's output stream (a `grid` score needs a span of square size: a `DeosCompileError`
   otherwise).
 `affinity: keys` also inserts the head-mean keys of the block's attention as features (a block
-without attention, e.g. the projector, uses its hidden states as `affinity: hidden` does).
+without attention, e.g. the projector, uses its hidden states as `affinity: hidden` does; a block
+with eager attention is refused: its keys are not an input of one node).
 
 Shape (torch.fx `PassBase`): `requires` checks the sites are bound to this graph and no score
 exists yet; `call` inserts the nodes (tagged `meta['deos_score']` = site name; an attention
@@ -26,8 +30,8 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
-from deos_dsl.compiler.graph_edit import has_eager_attention, insert_after, refresh, sdpa_argument, sdpa_nodes
-from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score
+from deos_dsl.compiler.graph_edit import eager_attention_nodes, insert_after, is_sdpa, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score, weights_attention
 from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.errors import DeosCompileError
@@ -56,6 +60,11 @@ class InsertScores(PassBase):
             attention = self._attention(site, required=SCORES[settings.score.kind].attention)
             features = None
             if settings.operator.affinity == "keys" and attention is not None:
+                if not is_sdpa(attention):
+                    raise DeosCompileError(f"site `{site.name}`: `affinity: keys` reads the keys of "
+                                           f"scaled_dot_product_attention, and block `{site.block.path}` computes its "
+                                           "attention eagerly (matmul + softmax)",
+                                           "load the model with attn_implementation=\"sdpa\", or write `affinity: hidden`")
                 features = insert_after(attention, mean_keys, (sdpa_argument(attention, "key"),))
             score = self._score(site, settings.score, span, attention, features)
             for node in (score, features):
@@ -75,20 +84,18 @@ class InsertScores(PassBase):
 
     @staticmethod
     def _attention(site: BoundSite, required: bool) -> fx.Node | None:
-        found = sdpa_nodes(site.block.nodes)
-        if not found and required and has_eager_attention(site.block.nodes):
-            raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` computes its attention eagerly "
-                                   "(matmul + softmax); attention scores are recomputed from scaled_dot_product_attention "
-                                   "only", "load the model with attn_implementation=\"sdpa\" where its architecture has it "
-                                   "(Gemma2's soft-capping has none), or use `score: norm` or `similarity` at this site")
+        """The block's last `scaled_dot_product_attention`, else its last eager attention softmax."""
+        found = sdpa_nodes(site.block.nodes) or eager_attention_nodes(site.block.nodes)
         if not found and required:
-            raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` has no scaled_dot_product_attention "
-                                   "to recompute attention scores from", "use `score: norm` on blocks without attention")
+            raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` has no attention to recompute "
+                                   "attention scores from", "use `score: norm` on blocks without attention")
         return found[-1] if found else None
 
     def _score(self, site: BoundSite, score: ir.Score, span: tuple[int, int], attention: fx.Node | None,
                features: fx.Node | None) -> fx.Node | None:
         spec = SCORES[score.kind]
+        if spec.attention and attention is not None and not is_sdpa(attention):
+            return insert_after(attention, weights_attention, (attention, score.option), {"span": span})
         if spec.attention:
             assert attention is not None
             args = tuple(sdpa_argument(attention, name) for name in ("query", "key", "attn_mask", "is_causal", "scale"))

@@ -11,14 +11,14 @@ Built from a `TracedModel` only through `nn_module_stack` and `meta['val']`:
   to the stream's N (RoPE cos/sin, masks, position ids); LENGTH READS are SymInt inputs (the
   sequence length read from a graph input: the KNOWN TRAP of DESIGN section 3);
 - ROLES by structure: `vision` = the first stack fed by an image input (a 4-D float
-  placeholder), `decoder` = the last stack that is not `vision`, `projector` = the outermost
-  module on the dataflow from the vision stack to the decoder stack (names with `proj` /
+  placeholder, or a `pixel_*` input of another rank: flattened patches, several images),
+  `decoder` = the last stack that is not `vision`, `projector` = the outermost module on the dataflow from the vision stack to the decoder stack (names with `proj` /
   `connector` / `merger` / `adapter` first, then most nodes); `roles=` overrides any of them
   (a `projector` override also admits a graph of the projector alone, without any stack);
 - the reducible SPAN `[start, end)` of each role's stream (before any reduction): the model's
   `visual_span`, or the image-token positions of `input_ids` (HF LLaVA); for vision encoders
-  the patch tokens (CLS, when `N = patches + 1`, protected); the whole projector output;
-  `spans=` overrides any of them.
+  the patch tokens (the tokens concatenated around them: CLS, distillation or register tokens,
+  are not reducible); the whole projector output; `spans=` overrides any of them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import networkx as nx
 import torch
 from torch import fx, nn
+from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
 
 from deos_dsl.frontend.diagnostics import suggest
 
@@ -39,6 +40,7 @@ Span = tuple[int, int]
 PSEUDO_MODULES = ("_empty_nn_module_stack_from_metadata_hook",)
 PROJECTOR_WORDS = ("proj", "connector", "merger", "adapter")
 CONV_OPS = ("aten.conv2d", "aten.convolution", "conv2d")
+CAT_OPS = (torch.ops.aten.cat.default, torch.cat)
 GUARDS = "_guards_fn"  # the call_module export adds to check input shapes
 
 
@@ -259,8 +261,11 @@ def dataflow(gm: fx.GraphModule) -> nx.DiGraph:
 
 
 def _image_inputs(gm: fx.GraphModule) -> list[fx.Node]:
+    """Float inputs that hold images: `[B, C, H, W]`, or an input named `pixel_*` of another rank
+    (flattened patches `[B, P, C*p*p]` / `[P, C*p*p]`, several images per example `[B, I, C, H, W]`)."""
     return [node for node in gm.graph.find_nodes(op="placeholder")
-            if is_tensor(node) and node.meta["val"].ndim == 4 and node.meta["val"].is_floating_point()]
+            if is_tensor(node) and node.meta["val"].is_floating_point()
+            and (node.meta["val"].ndim == 4 or (node.meta["val"].ndim in (2, 3, 5) and "pixel" in node.name))]
 
 
 def _match_prefix(stacks: list[Stack], prefix: str) -> Stack | None:
@@ -349,14 +354,44 @@ def _is_conv(node: fx.Node) -> bool:
     return str(node.target).startswith(CONV_OPS)
 
 
+def example_size(size: int | torch.SymInt) -> int:
+    """A size at the example inputs, without adding a guard on a symbolic one."""
+    return int(guarding_hint_or_throw(size)) if isinstance(size, torch.SymInt) else int(size)
+
+
+def _is_token_cat(node: fx.Node, length: int) -> bool:
+    """A concatenation whose output has `length` tokens on axis 1 (prefix tokens + patches)."""
+    if not is_tensor(node) or node.target not in CAT_OPS or not isinstance(node.args[0], (list, tuple)):
+        return False
+    value = node.meta["val"]
+    axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return value.ndim == 3 and axis in (1, -2) and example_size(value.shape[1]) == length
+
+
 def _patch_span(stack: Stack, flow: nx.DiGraph) -> Span | None:
-    """Patch tokens of a vision stream: `(1, N)` after a CLS token, else `(0, N)`."""
-    length = stack.blocks[0].entry.meta["val"].shape[1]
-    convs = [n for n in nx.ancestors(flow, stack.blocks[0].entry) if _is_conv(n) and n.meta["val"].ndim == 4]
-    if not convs or not isinstance(length, int):
+    """Patch tokens of a vision stream: the part of the token concatenation that comes from the
+    patch embedding, `patches` long (CLS, distillation and register tokens around it are not
+    reducible); the whole stream when no concatenation adds tokens to the patches (a stream of
+    patches alone, or flattened patches embedded by a linear layer)."""
+    entry = stack.blocks[0].entry
+    length = example_size(entry.meta["val"].shape[1])  # a dynamic number of patches: the example's
+    ancestors = nx.ancestors(flow, entry) | {entry}  # the concatenation may itself enter the first block
+    order = {node: i for i, node in enumerate(entry.graph.nodes)}
+    cats = sorted((n for n in ancestors if _is_token_cat(n, length)), key=order.__getitem__)
+    convs = [n for n in ancestors if _is_conv(n) and n.meta["val"].ndim == 4]
+    if not cats:
+        return (0, length)
+    if not convs:
         return None
-    patches = convs[-1].meta["val"].shape[2] * convs[-1].meta["val"].shape[3]
-    return {patches + 1: (1, length), patches: (0, length)}.get(length)
+    conv = max(convs, key=order.__getitem__)  # the patch embedding: the last convolution before the stream
+    patches = example_size(conv.meta["val"].shape[2]) * example_size(conv.meta["val"].shape[3])
+    offset = 0
+    for part in cats[-1].args[0]:
+        size = example_size(part.meta["val"].shape[1])
+        if size == patches and (part is conv or conv in nx.ancestors(flow, part)):
+            return (offset, offset + patches)
+        offset += size
+    return None
 
 
 # ---- entry point --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ model have no source position: a one-paragraph message plus a hint saying what t
 
 from __future__ import annotations
 
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError, first_line
 
 
 class UnknownModelError(DeosCompileError):
@@ -25,3 +25,14 @@ class UntraceableModelError(DeosCompileError):
 
 class BlockMapError(DeosCompileError):
     """The traced graph has no recognisable transformer blocks or residual stream."""
+
+
+class ReducedModelError(DeosCompileError):
+    """The model's own code fails on the reduced token stream (an emitted model run, or its
+    vision features recounted): it needs the dense count somewhere after a site."""
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(f"{what} fails on the reduced tokens: {first_line(error)[:300]}",
+                         "when the failing line is the model's own code after a site that needs the dense token "
+                         "count (a reshape to a fixed grid: pooling or pixel shuffle before the projector), place "
+                         "the site after it, at the projector or in the decoder; otherwise report the model")

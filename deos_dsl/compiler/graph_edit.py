@@ -22,7 +22,9 @@ from torch import fx
 from torch._guards import detect_fake_mode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .masking import key_mask
+from .masking import key_logits, key_mask
+from deos_dsl.errors import DeosCompileError, first_line
+
 from .trace import TracedModel, propagate
 
 SDPA_TARGETS = (torch.ops.aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
@@ -42,11 +44,25 @@ def sdpa_nodes(nodes: list[fx.Node]) -> list[fx.Node]:
 SOFTMAX_TARGETS = (torch.ops.aten._softmax.default, torch.ops.aten.softmax.int, F.softmax, torch.softmax)
 
 
-def has_eager_attention(nodes: list[fx.Node]) -> bool:
-    """Whether `nodes` compute a softmax (attention written as matmul + softmax, e.g. an HF
-    model with `attn_implementation="eager"`) rather than calling the fused kernel."""
-    return any((node.op == "call_function" and node.target in SOFTMAX_TARGETS)
-               or (node.op == "call_method" and node.target == "softmax") for node in nodes)
+def is_softmax(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in SOFTMAX_TARGETS) or \
+        (node.op == "call_method" and node.target == "softmax")
+
+
+def eager_attention_nodes(nodes: list[fx.Node]) -> list[fx.Node]:
+    """The attention probabilities `[B, H, Nq, Nk]` of attention written as matmul + softmax
+    (an HF model with `attn_implementation="eager"`, Gemma2's soft-capping): 4-D softmax nodes."""
+    return [node for node in nodes if is_softmax(node) and "val" in node.meta and node.meta["val"].ndim == 4]
+
+
+def add_logit_bias(softmax: fx.Node, bias: fx.Node) -> fx.Node:
+    """Rewrite eager attention `softmax(logits)` to `softmax(logits + bias[:, None, None, :])`
+    (`key_logits`); returns the new logits node (inserted right before `softmax`)."""
+    with softmax.graph.inserting_before(softmax):
+        logits = softmax.graph.call_function(key_logits, (softmax.args[0], bias))
+    logits.meta["nn_module_stack"] = dict(softmax.meta.get("nn_module_stack", {}))
+    softmax.update_arg(0, logits)
+    return logits
 
 
 def sdpa_argument(node: fx.Node, name: str) -> Any:
@@ -132,13 +148,21 @@ def refresh(traced: TracedModel) -> None:
     Propagation runs in the graph's OWN fake mode on its placeholders' fake values when they
     have one (an exported graph: symbolic lengths stay symbols, unbacked values stay valid),
     else from the example inputs.
+
+    Raises `DeosCompileError` when the edited graph cannot be propagated: an operation of the
+    model's own that fake tensors cannot re-run (e.g. a `torch.vmap` the tracer kept).
     """
     gm = traced.graph_module
     gm.graph.lint()
     gm.recompile()
     inputs = [node.meta.get("val") for node in gm.graph.find_nodes(op="placeholder")]
     mode = detect_fake_mode([value for value in inputs if isinstance(value, torch.Tensor)])
-    if mode is None:
-        propagate(gm, traced.root, traced.args, traced.kwargs)
-    else:
-        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
+    try:
+        if mode is None:
+            propagate(gm, traced.root, traced.args, traced.kwargs)
+        else:
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
+    except Exception as error:  # noqa: BLE001  (any failure of the model's ops under fake tensors)
+        raise DeosCompileError(f"the edited graph cannot be re-run on fake tensors: {first_line(error)[:300]}",
+                               "the model's graph holds an operation that shape propagation cannot replay; "
+                               "report the model with this line") from error

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from deos_dsl.errors import DeosCompileError
 
+from .errors import ReducedModelError
+
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "labels")
 HINT = "emit sites on the vision tower or projector of an HF LLaVA-style model (image placeholders in input_ids)"
 
@@ -72,7 +74,10 @@ def compact_image_tokens(model: nn.Module, args: tuple[Any, ...], kwargs: dict[s
     if counts.numel() != 1:
         raise DeosCompileError(f"the rows of input_ids hold different numbers of image placeholders ({counts.tolist()})",
                                "give every example row the same image")
-    with torch.no_grad():
-        image = model.get_image_features(pixel_values=kwargs["pixel_values"])
+    try:
+        with torch.no_grad():
+            image = model.get_image_features(pixel_values=kwargs["pixel_values"])
+    except Exception as error:  # noqa: BLE001  (the model's own code on the reduced vision stream)
+        raise ReducedModelError(f"{type(model).__name__}.get_image_features", error) from error
     features = getattr(image, "pooler_output", image)  # one [N', D] per image (or [B, N', D])
     return CompactImageTokens(model, token, int(counts[0]), int(features[0].shape[-2]))

@@ -6,7 +6,8 @@ composed with whatever the attention already had:
 diagonal, `-inf` above, top-left aligned exactly as `is_causal=True`) when the node was
 causal, the existing boolean mask as `0 / -inf`, an existing float mask as is, or 0.
 The rewritten node then runs with `is_causal=False`; with `bias == 0` it computes the same
-attention as before.
+attention as before. Attention written as matmul + softmax gets the bias added to its logits
+(`key_logits`), after whatever mask, scale and soft-capping it applied.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def key_mask(bias: Tensor, query: Tensor, attn_mask: Tensor | None, is_causal: b
     if attn_mask.dtype == torch.bool:
         return torch.where(attn_mask, 0.0, -math.inf).to(query.dtype) + keys
     return attn_mask.to(query.dtype) + keys
+
+
+def key_logits(logits: Tensor, bias: Tensor) -> Tensor:
+    """Eager attention logits `[B, H, Nq, Nk]` plus the key `bias [B, Nk]` (what `key_mask`
+    adds to a fused kernel's mask, added before the block's own softmax)."""
+    return logits + bias.to(logits.dtype)[:, None, None, :]
 
 
 def place_tokens(values: Tensor, stream: Tensor, start: int, fill: float) -> Tensor:

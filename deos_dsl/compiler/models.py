@@ -6,7 +6,7 @@ Names:
 - `embedded`: the shipped small LLaVA-style classifier (trained weights when the weights file exists,
   otherwise a seeded random init with the same config; `LoadedModel.source` says which);
 - `hf:<Architecture>`: a TINY random-initialised transformers model whose config is built in
-  code (see `HF_BUILDERS`), for conformance;
+  code (`tiny_models.TINY_MODELS`), for conformance;
 - a checkpoint: a `save_pretrained` directory (`./ckpt`, `/models/llava`) or `hf:ORG/NAME` from
   the local Hugging Face cache, with its processor (`checkpoints.py`; `dtype`, `device`);
 - `module:pkg.mod:factory`: a user factory; `factory()` returns a `LoadedModel`, or a tuple
@@ -19,31 +19,20 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from deos_dsl.embedded import LLAVA_DIRECTORY, EmbeddedVQAModel, ModelConfig, default_weights_path, load_default_model
+from deos_dsl.errors import first_line
 from deos_dsl.frontend.diagnostics import suggest
 
 from .checkpoints import is_checkpoint, load_checkpoint
 from .errors import UnknownModelError
-from .trace import first_line
+from .tiny_models import BATCH, TINY_MODELS
 
 Span = tuple[int, int]
-
-# Tiny sizes shared by the HF conformance models: 32x32 images of 8x8 patches (16 patches) in
-# LLaVA; the vision encoders alone see 64x64 images (64 patches), enough for the bundled spaces'
-# fixed counts (ToMe merges 16 tokens per layer: 64 -> 48 -> 32 patches)
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   image_size=32, patch_size=8)
-TINY_ENCODER = dict(TINY_VISION, image_size=64)
-TINY_TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-BATCH, TEXT_LEN, IMAGE_TOKEN = 2, 24, 100
-VISUAL_SPAN: Span = (2, 18)  # where the 16 image tokens sit in the tiny decoders' sequences
-
 
 @dataclass
 class LoadedModel:
@@ -81,84 +70,19 @@ def _embedded() -> LoadedModel:
     return LoadedModel("embedded", model, (pixels, question), source=source)
 
 
-def _pixels(size: int = TINY_VISION["image_size"]) -> torch.Tensor:
-    return torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+def _tiny(name: str) -> LoadedModel:
+    """The tiny random-initialised `hf:<name>` (`tiny_models.TINY_MODELS`), seeded."""
+    import transformers  # only a tiny HF model needs it
 
-
-def _tiny(name: str, build: Callable[[], nn.Module], **inputs: Any) -> LoadedModel:
+    tiny = TINY_MODELS[name]
     torch.manual_seed(0)
-    model = _frozen(build())
-    return LoadedModel(f"hf:{name}", model, kwargs=inputs, source="random init (tiny config, no download)")
+    model = _frozen(tiny.build(transformers))
+    return LoadedModel(f"hf:{name}", model, kwargs=tiny.inputs(model), source="random init (tiny config, no download)",
+                       spans=dict(tiny.spans))
 
-
-def _clip() -> LoadedModel:
-    import transformers as tf
-
-    return _tiny("CLIPVisionModel", lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_ENCODER)),
-                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
-
-
-def _siglip() -> LoadedModel:
-    import transformers as tf
-
-    return _tiny("SiglipVisionModel", lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_ENCODER)),
-                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
-
-
-def _vit() -> LoadedModel:
-    import transformers as tf
-
-    return _tiny("ViTModel", lambda: tf.ViTModel(tf.ViTConfig(**TINY_ENCODER), add_pooling_layer=False),
-                 pixel_values=_pixels(TINY_ENCODER["image_size"]))
-
-
-def _text_ids() -> torch.Tensor:
-    """`[BATCH, TEXT_LEN]` token ids with the image placeholder over `VISUAL_SPAN`."""
-    ids = torch.randint(1, IMAGE_TOKEN, (BATCH, TEXT_LEN), generator=torch.Generator().manual_seed(0))
-    ids[:, VISUAL_SPAN[0]:VISUAL_SPAN[1]] = IMAGE_TOKEN
-    return ids
-
-
-def llava_config(vision: dict[str, Any], text: dict[str, Any]) -> Any:
-    """A LLaVA-1.5-style config (CLIP tower, Llama decoder, CLS dropped, features of layer -2)."""
-    import transformers as tf
-
-    return tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text),
-                          image_token_index=IMAGE_TOKEN,
-                          image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
-                          vision_feature_layer=-2, vision_feature_select_strategy="default")
-
-
-def _llava() -> LoadedModel:
-    import transformers as tf
-
-    vision = dict(TINY_VISION, num_hidden_layers=3)
-    # use_cache=False lives in the config, not in **kwargs: a non-tensor entry of a `**kwargs`
-    # makes torch 2.13's dynamic-shape export fail ("Must provide a tree_name"), forcing static
-    text = dict(TINY_TEXT, use_cache=False)
-    return _tiny("LlavaForConditionalGeneration", lambda: tf.LlavaForConditionalGeneration(llava_config(vision, text)),
-                 input_ids=_text_ids(), pixel_values=_pixels())
-
-
-def _qwen2() -> LoadedModel:
-    import transformers as tf
-
-    embeds = torch.randn(BATCH, TEXT_LEN, TINY_TEXT["hidden_size"], generator=torch.Generator().manual_seed(0))
-    loaded = _tiny("Qwen2Model", lambda: tf.Qwen2Model(tf.Qwen2Config(**TINY_TEXT)), inputs_embeds=embeds, use_cache=False)
-    loaded.spans = {"decoder": VISUAL_SPAN}
-    return loaded
-
-
-HF_BUILDERS: dict[str, Callable[[], LoadedModel]] = {
-    "CLIPVisionModel": _clip,
-    "SiglipVisionModel": _siglip,
-    "ViTModel": _vit,
-    "LlavaForConditionalGeneration": _llava,
-    "Qwen2Model": _qwen2,
-}
 
 LLAVA = "embedded:llava"
-MODEL_NAMES = (LLAVA, "embedded", *(f"hf:{name}" for name in HF_BUILDERS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
+MODEL_NAMES = (LLAVA, "embedded", *(f"hf:{name}" for name in TINY_MODELS), "module:pkg.mod:factory", "DIR", "hf:ORG/NAME")
 
 
 def _from_factory(name: str) -> LoadedModel:
@@ -208,9 +132,8 @@ def resolve_model(name: str, dtype: str = "float32", device: str = "cpu") -> Loa
     if is_checkpoint(name):
         model, processor, inputs, source = load_checkpoint(name, dtype, device)
         return LoadedModel(name, model, kwargs=inputs, source=source, processor=processor)
-    builder = HF_BUILDERS.get(name.removeprefix("hf:")) if name.startswith("hf:") else None
-    if builder is None:
+    if not (name.startswith("hf:") and name.removeprefix("hf:") in TINY_MODELS):
         known = ", ".join(MODEL_NAMES)
         hint = suggest(name, MODEL_NAMES[:-3])
         raise UnknownModelError(f"unknown model `{name}`", f"{hint + ' ' if hint else ''}known models: {known}")
-    return builder()
+    return _tiny(name.removeprefix("hf:"))

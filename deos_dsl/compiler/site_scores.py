@@ -9,6 +9,8 @@ the reducible span. `Span = (start, end)` is the reducible span of the stream.
   the block's mask (its row for that query), `is_causal` and scale, so it works with fused
   attention kernels; in a right-padded batch each example's own last real token and text
   rows (the tokens the mask lets the last row attend);
+- `weights_attention`: the same rows read from the probabilities of attention computed eagerly
+  (matmul + softmax), where no fused node holds q and k;
 - `stream_score`: every other score, computed on the block's output stream by its kernel in
   `STREAM_KERNELS`: `norm` (hidden-state norm), `similarity` to `text` (the mean text token)
   or to `tokens` (ToMe bipartite redundancy on the features, even span offsets may merge),
@@ -90,6 +92,17 @@ def query_attention(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: b
     if bias is not None:
         bias = bias.expand(b, -1)
     return attention_from_query(row, k, scale=scale, query_positions=last[:, None] if is_causal else None, key_bias=bias)
+
+
+def weights_attention(weights: Tensor, query: str, *, span: Span) -> Tensor:
+    """`[B, N]`: attention each key receives from the query rows (`QUERY_ROWS[query]`, their
+    mean) of the probabilities `weights [B, H, N, N]` an eager block computed, mean over heads;
+    the real tokens are the keys the last row attends (padded batches)."""
+    b, n = weights.shape[0], weights.shape[-1]
+    received = weights.float().mean(dim=1)  # [B, Nq, Nk]
+    real = received[:, -1, :] > 0
+    rows = QUERY_ROWS[query](torch.arange(n, device=weights.device), span, real).expand(b, n).float()
+    return ((received * (rows / rows.sum(dim=1, keepdim=True))[:, :, None]).sum(dim=1)).to(weights.dtype)
 
 
 def mean_keys(k: Tensor) -> Tensor:

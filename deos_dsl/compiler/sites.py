@@ -22,7 +22,7 @@ from torch import fx
 from deos_dsl.frontend import ir
 
 from .blocks import Block
-from .graph_edit import add_key_bias, sdpa_nodes
+from .graph_edit import add_key_bias, add_logit_bias, eager_attention_nodes, sdpa_nodes
 from .site_module import SiteModule
 
 META_SITE, META_SCORE, META_SDPA = "deos_site", "deos_score", "deos_score_sdpa"
@@ -68,11 +68,14 @@ def bias_attention(block: Block, bias: fx.Node) -> None:
     """Add the key `bias [B, N]` to every attention node of `block`, and point the attention
     scores recomputed from those nodes at the same new mask, so a score always reads the
     logits its attention uses."""
-    for sdpa in sdpa_nodes(block.nodes):
+    fused = sdpa_nodes(block.nodes)
+    for sdpa in fused:
         mask = add_key_bias(sdpa, bias)
         for user in [node for node in sdpa.graph.nodes if node.meta.get(META_SDPA) is sdpa]:
             user.update_arg(2, mask)
             user.update_arg(3, False)
+    for softmax in [] if fused else eager_attention_nodes(block.nodes):  # scores read its output: biased too
+        add_logit_bias(softmax, bias)
 
 
 def is_impure(node: fx.Node) -> bool:

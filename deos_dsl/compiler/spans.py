@@ -10,10 +10,13 @@ The span must be contiguous: the DSL has no other reducible set.
 
 from __future__ import annotations
 
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
-from .blocks import Block, BlockMap
+from .blocks import Block, BlockMap, example_size
+from .trace import LANGUAGE_MODEL
 
 Span = tuple[int, int]
 
@@ -23,7 +26,12 @@ def reducible_span(space: ir.Space, block_map: BlockMap, block: Block) -> Span:
     tokens = space.tokens or ir.Tokens()
     reducible = tokens.reducible or ir.Reducible(kind="visual")
     protected = tokens.protected or []
-    length = block.exit.meta["val"].shape[1]
+    try:
+        length = example_size(block.exit.meta["val"].shape[1])
+    except GuardOnDataDependentSymNode:
+        raise DeosCompileError(f"block `{block.path}`: the length of its stream depends on the input values",
+                               "the model selects tokens by value before this block (e.g. drops padding images); "
+                               "deos reduces streams whose lengths follow from the input shapes") from None
     if reducible.kind == "span":
         assert isinstance(reducible.start, ir.Num) and isinstance(reducible.end, ir.Num)
         span = (int(reducible.start.value), int(reducible.end.value))
@@ -31,6 +39,12 @@ def reducible_span(space: ir.Space, block_map: BlockMap, block: Block) -> Span:
         span = (1 if "cls" in protected else 0, int(length))
     else:
         span = block_map.spans.get(block.role or "")
+        if span is None and block_map.traced.tracer == LANGUAGE_MODEL:
+            failed = "; ".join(f"{tracer}: {error}" for tracer, error in block_map.traced.failures[:1])
+            raise DeosCompileError(f"the whole model did not trace ({failed[:300]}), so its language model was traced "
+                                   "alone on stand-in `inputs_embeds`, where no image tokens are known",
+                                   "make the whole model trace (the failure above), or write `reducible: span(a, b)` "
+                                   "with the image tokens' positions in your prompt")
         if span is None:
             raise DeosCompileError(f"block `{block.path}`: no reducible span is known for role `{block.role}`",
                                    "write `reducible: span(a, b)` in the space, or pass spans= to the model")

@@ -53,11 +53,11 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError, first_line
 
 from .blocks import BlockMap, Stack
 from .sites import BoundSite
-from .trace import SYMBOLIC, TracedModel, export_dynamic, first_line, symbolic_dims
+from .trace import SYMBOLIC, TracedModel, export_dynamic, symbolic_dims
 
 CONTAINER_ROUTE = "torch.export (stack container `{}` on its input, dynamic length)"
 CHAIN_ROUTE = "torch.export (blocks of `{}` chained on their stream, dynamic length)"

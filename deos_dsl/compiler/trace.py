@@ -39,6 +39,8 @@ from torch.export import Dim, ExportedProgram, export
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.utils._pytree import tree_leaves, tree_map
 
+from deos_dsl.errors import first_line
+
 from .errors import UntraceableModelError
 
 EXPORT, SYMBOLIC, LANGUAGE_MODEL = "torch.export", "torch.fx.symbolic_trace", "torch.export (language model on inputs_embeds)"
@@ -70,12 +72,6 @@ class TracedModel:
     def run(self) -> Any:
         """The graph's output on the example inputs."""
         return self.graph_module(*self.args, **self.kwargs)
-
-
-def first_line(error: BaseException) -> str:
-    """`Type: first non-empty line of the message` (what an attempt list shows)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _bound_inputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
@@ -164,6 +160,13 @@ def _floating_leaves(output: Any) -> list[torch.Tensor]:
     return [leaf for leaf in tree_leaves(output) if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()]
 
 
+def _nondeterministic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], first: list[torch.Tensor]) -> bool:
+    """Whether a second eager run on the same inputs differs from the outputs `first`."""
+    with torch.no_grad():
+        second = _floating_leaves(model(*args, **kwargs))
+    return len(second) != len(first) or any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(first, second))
+
+
 def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """None when `gm` reproduces `model` on perturbed example inputs (module docstring), else
     what differs (one line)."""
@@ -187,6 +190,9 @@ def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], 
         error = float(((want.double() - got.double()).abs().max() / scale).nan_to_num(float("inf"))) if want.numel() else 0.0
         tolerance = EAGER_TOLERANCE.get(want.dtype, 1e-3)
         if not error <= tolerance:
+            if _nondeterministic(model, args, kwargs, expected):
+                return ("the eager model is not deterministic: two runs on the same inputs differ (random "
+                        "masking or sampling in its forward, or dropout left on)")
             return (f"the traced graph differs from the eager model by {error:.2g} of output {index}'s scale "
                     f"(tolerance {tolerance:g} in {str(want.dtype).removeprefix('torch.')})")
     return None
@@ -259,6 +265,11 @@ def _from_traced(traced: fx.GraphModule | ExportedProgram, args: tuple[Any, ...]
     return TracedModel(traced, GIVEN_GRAPH, None, args, kwargs, symbolic_dims(traced))
 
 
+def _is_cache(value: Any) -> bool:
+    """A key-value cache object (transformers' `Cache` classes), by its type's name."""
+    return any(cls.__name__.endswith("Cache") for cls in type(value).__mro__)
+
+
 def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, ...] = (),
           kwargs: dict[str, Any] | None = None, tracers: tuple[str, ...] = TRACERS,
           language_model_length: int = 24) -> TracedModel:
@@ -270,6 +281,11 @@ def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, 
     kwargs = dict(kwargs or {})
     if isinstance(model, (fx.GraphModule, ExportedProgram)):
         return _from_traced(model, args, kwargs)
+    caches = [f"`{key}` is a {type(value).__name__}" for key, value in kwargs.items() if _is_cache(value)]
+    if caches:
+        raise UntraceableModelError([("the example inputs", f"{', '.join(caches)} (a key-value cache object)")],
+                                    "deos traces the prefill, which starts without a cache: drop the cache from the "
+                                    "example inputs and load the model with use_cache=False")
     runs: dict[str, Callable[[], fx.GraphModule]] = {
         EXPORT: lambda: _export(model, args, kwargs),
         SYMBOLIC: lambda: _symbolic_trace(model, args, kwargs),
@@ -294,4 +310,6 @@ def trace(model: nn.Module | fx.GraphModule | ExportedProgram, args: tuple[Any, 
         else:
             traced.failures = failures
             return traced
-    raise UntraceableModelError(failures, HINT)
+    returns_cache = any("Cache" in error and "output" in error for _, error in failures)
+    raise UntraceableModelError(failures, HINT + ("; it returns a key-value cache object: load it with use_cache=False"
+                                                  if returns_cache else ""))

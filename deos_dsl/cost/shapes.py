@@ -333,6 +333,7 @@ class Shapes:
                 return Dims(tuple(exprs), out)
             return self.positional([src], out)
         repeats = list(call.arg(1, "repeats"))
+        repeats = [1] * (src.ndim - len(repeats)) + repeats  # `tile` pads short repeats with ones
         padded = (ONE,) * (len(repeats) - src.ndim) + src.exprs
         return Dims(tuple(e * int(r) for e, r in zip(padded, repeats)), out)
 

@@ -46,13 +46,13 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from deos_dsl.compiler.blocks import BlockMap, Stack, build_block_map
-from deos_dsl.compiler.errors import UntraceableModelError
+from deos_dsl.compiler.errors import ReducedModelError, UntraceableModelError
 from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
-from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, first_line, trace
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
+from deos_dsl.errors import DeosCompileError, first_line
 from deos_dsl.files import write_directory_atomically
 from deos_dsl.frontend import ir
 
@@ -179,8 +179,18 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
 
 def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None = None) -> Emitted:
     """Run the emit pipeline (module docstring); `settings[site name]` replaces the space's
-    settings of that bound site (a searched schedule: fixed gate, keep count and regime).
-    Raises `DeosCompileError` / `SpaceError`."""
+    settings of that bound site (a searched schedule: fixed gate, keep count and regime). The
+    emitted model is run once on the example inputs. Raises `DeosCompileError` / `SpaceError`."""
+    emitted = _emitted(space, loaded, settings)
+    try:
+        with torch.no_grad():
+            emitted.run()
+    except Exception as error:  # noqa: BLE001  (the model's own code, downstream of a site)
+        raise ReducedModelError("the emitted model, run on its example inputs,", error) from error
+    return emitted
+
+
+def _emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None) -> Emitted:
     traced = _trace_for_emit(loaded)
     block_map = build_block_map(traced, loaded.roles, loaded.spans)
     fixed = fixed_lengths(block_map)  # before any pass: fake-tensor propagation may specialise a length

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from deos_dsl.compiler.trace import first_line
-from deos_dsl.errors import SearchError
+from deos_dsl.errors import SearchError, first_line
 from deos_dsl.files import write_atomically
 
 CHECKPOINT = "checkpoint.pt"

@@ -40,9 +40,8 @@ from rich.console import Console
 from torch import Tensor
 
 from deos_dsl.compiler.models import resolve_model
-from deos_dsl.compiler.trace import first_line
 from deos_dsl.data import Encoded
-from deos_dsl.errors import SearchError
+from deos_dsl.errors import SearchError, first_line
 from deos_dsl.frontend import ir
 from deos_dsl.pipeline import search_flops
 from deos_dsl.tasks import make_task

@@ -43,6 +43,10 @@ DECODER = """space learned_decoder {
 }
 """
 
+# the decoder space on a block that computes attention eagerly: no key features, `last` rows only
+EAGER_LAST = DECODER.replace("affinity: keys", "affinity: hidden").replace(
+    "site decoder.layers[1] { score: attention(query: text) }", "site decoder.layers[1] {}")
+
 VISION = """space learned_vision {
   tokens {
     reducible: visual

@@ -17,6 +17,8 @@ from rich.console import Console
 
 from compiler_models import loaded, tensors
 from deos_dsl.cli import EXIT_DIAGNOSTICS, EXIT_OK, main
+from deos_dsl.compiler.masking import key_logits
+from deos_dsl.frontend import load_spaces
 from deos_dsl.pipeline import ARTIFACTS, Emitted, compile_emitted, unsafe_payloads, write_artifacts
 from relaxed_cases import SPACES, bundled
 
@@ -116,3 +118,31 @@ def test_cli_needs_one_space(tmp_path: Path):
                               "--out", str(tmp_path / "x"))
     assert code == EXIT_DIAGNOSTICS and "no space `nope`" in stderr
     assert not (tmp_path / "x").exists()
+
+
+EAGER_MERGE = """space eager_merge {
+  defaults {
+    activate: on
+    retain: 50%
+    score: attention(query: last)
+    operator: merge(proportional: on, affinity: hidden)
+  }
+  site decoder.layers[0] {}
+  site decoder.layers[1] {}
+}
+"""
+
+
+def test_eager_attention_emits_as_the_fused_kernel_does(tmp_path: Path):
+    """A decoder computing attention eagerly (matmul + softmax) emits the same reduced model as
+    with the fused kernel: the same scores, and the `log size` bias of a proportional merge added
+    to its logits (`key_logits`) where the fused kernel gets it in its mask."""
+    (tmp_path / "space.deos").write_text(EAGER_MERGE)
+    (space,) = load_spaces(tmp_path / "space.deos")
+    fused = compile_emitted(space, loaded("hf:Qwen2Model"))
+    eager = compile_emitted(space, loaded("module:compiler_models:eager_qwen2"))
+    assert eager.lengths == fused.lengths == {"layers.0@0": (24, 16), "layers.1@1": (16, 12)}
+    assert any(node.target is key_logits for node in eager.graph_module.graph.nodes)
+    with torch.no_grad():
+        for a, b in zip(tensors(eager.run()), tensors(fused.run())):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -12,9 +12,9 @@ import torch
 
 from compiler_models import CASES, tensors
 from deos_dsl.compiler.graph_edit import sdpa_argument, sdpa_nodes
-from deos_dsl.compiler.masking import key_mask
+from deos_dsl.compiler.masking import key_logits, key_mask
 from deos_dsl.compiler.sites import RELAXED_PREFIX as PREFIX
-from relaxed_cases import DECODER, DECODERS, VISION, Relaxed, relax, space_from
+from relaxed_cases import DECODER, DECODERS, EAGER_LAST, VISION, Relaxed, relax, space_from
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{t.split('.')[-1]}" for n, t in CASES])
@@ -127,3 +127,22 @@ def test_projector_site_masks_the_decoder(tmp_path: Path):
         assert all(getattr(sdpa_argument(s, "attn_mask"), "target", None) is key_mask for s in sdpa_nodes(block.nodes))
     close_all(result)
     assert_identity(result)
+
+
+def test_eager_attention_is_masked_as_the_fused_kernel_is(tmp_path: Path):
+    """The relaxed masking reaches blocks that compute attention eagerly (matmul + softmax): their
+    logits get the same key bias before their own softmax, so with every gate open the relaxed
+    graph of the eager model equals the fused model's (before, eager blocks were left unmasked)."""
+    space = space_from(EAGER_LAST, tmp_path)
+    results = [relax(name, space) for name in ("hf:Qwen2Model", "module:compiler_models:eager_qwen2")]
+    eager = results[1]
+    biased = [n for n in eager.gm.graph.nodes if n.target is key_logits]
+    assert len(biased) == len(eager.block_map.stack("decoder").blocks) - 1  # every block after the first site
+    outputs_open = []
+    for result in results:
+        for module in result.modules.values():
+            module.alpha.data.fill_(math.inf)
+        outputs_open.append(outputs(result))
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(outputs_open[1], eager.reference))
+    for fused, computed in zip(*outputs_open):
+        torch.testing.assert_close(computed, fused, atol=1e-5, rtol=0)

@@ -16,7 +16,7 @@ from deos_dsl.compiler.sites import META_SDPA
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.passes.bind_sites import bind_sites
 from deos_dsl.passes.insert_scores import InsertScores
-from relaxed_cases import DECODER, fresh_block_map, space_from
+from relaxed_cases import DECODER, EAGER_LAST, fresh_block_map, space_from
 
 
 def node_values(gm: fx.GraphModule, name: str) -> dict[fx.Node, object]:
@@ -89,12 +89,27 @@ def test_norm_and_similarity_scores_on_the_stream(tmp_path: Path):
     torch.testing.assert_close(env[second], (torch.nn.functional.normalize(x1, dim=-1) * text_mean[:, None]).sum(-1))
 
 
-def test_eager_attention_is_named_with_a_hint_that_helps(tmp_path: Path):
-    """A block computing attention as matmul + softmax is told apart from a block without
-    attention: the hint points to sdpa or a non-attention score, not to "blocks without attention"."""
+def test_eager_attention_scores_equal_the_fused_ones(tmp_path: Path):
+    """A block computing attention as matmul + softmax (`attn_implementation="eager"`; Gemma2's
+    soft-capping has no other) gets its scores from the rows of the probabilities it computed:
+    the same as the row recomputed from the fused kernel's q and k."""
+    space = space_from(EAGER_LAST, tmp_path)
+    scores = {}
+    for name in ("hf:Qwen2Model", "module:compiler_models:eager_qwen2"):
+        block_map = fresh_block_map(name)
+        inserted = InsertScores(space, block_map, bind_sites(space, block_map))
+        inserted(block_map.graph_module)
+        env = node_values(block_map.graph_module, "hf:Qwen2Model")
+        scores[name] = [env[inserted.scores[site.name].score] for site in inserted.sites]
+    for fused, eager in zip(*scores.values()):
+        torch.testing.assert_close(eager, fused, atol=1e-6, rtol=0)
+
+
+def test_eager_attention_refuses_key_affinity_by_name(tmp_path: Path):
     block_map = fresh_block_map("module:compiler_models:eager_qwen2")
     space = space_from(DECODER, tmp_path)
     with pytest.raises(DeosCompileError) as caught:
         InsertScores(space, block_map, bind_sites(space, block_map))(block_map.graph_module)
+    assert "`affinity: keys` reads the keys of scaled_dot_product_attention" in caught.value.message
     assert "computes its attention eagerly (matmul + softmax)" in caught.value.message
-    assert caught.value.hint.startswith('load the model with attn_implementation="sdpa"')
+    assert caught.value.hint.endswith("or write `affinity: hidden`")
