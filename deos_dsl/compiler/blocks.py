@@ -12,8 +12,9 @@ Built from a `TracedModel` only through `nn_module_stack` and `meta['val']`:
   sequence length read from a graph input: the KNOWN TRAP of DESIGN section 3);
 - ROLES by structure: `vision` = the first stack fed by an image input (a 4-D float
   placeholder, or a `pixel_*` input of another rank: flattened patches, several images),
-  `decoder` = the last stack that is not `vision`, `projector` = the outermost module on the dataflow from the vision stack to the decoder stack (names with `proj` /
-  `connector` / `merger` / `adapter` first, then most nodes); `roles=` overrides any of them
+  `decoder` = the last stack that is not `vision`, `projector` = the outermost module on the
+  dataflow from the vision stack to the decoder stack (names with `proj` / `connector` /
+  `merger` / `adapter` first, then most nodes); `roles=` overrides any of them
   (a `projector` override also admits a graph of the projector alone, without any stack);
 - the reducible SPAN `[start, end)` of each role's stream (before any reduction): the model's
   `visual_span`, or the image-token positions of `input_ids` (HF LLaVA); for vision encoders
