@@ -5,7 +5,8 @@ weights), and FastV's reduced / dense ratios next to the ones the FastV authors 
 
 One trace of the whole 7B-shaped model (shapes from `bench_compile.py`: CLIP ViT-L/14-336
 tower, Llama-7B decoder, 576 image tokens in a 640-token prompt) with two FastV sites (after
-decoder layers 2 and 3); every FastV schedule is then an evaluation of the same expression.
+decoder layers 1 and 2: K = 2 and 3, pruning before layer K); every FastV schedule is then an
+evaluation of the same expression.
 Printed: the time to trace, bind and cost it; the dense FLOPs at 576 visual tokens (whole model
 and decoder layers only); the per-layer formula; and the ratios of FastV K=2 R=50% / 75% and
 K=3 R=50%, counted like FastV (decoder layers only) and over the whole model, at 64 text tokens
@@ -44,7 +45,8 @@ from deos_dsl.passes.bind_sites import bind_sites  # noqa: E402
 from deos_dsl.passes.insert_scores import insert_scores  # noqa: E402
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
-# FastV sites after decoder layers 2 and 3 (a schedule switches one on)
+# FastV K = 2 and K = 3: before layer K by layer K - 1's attention, i.e. after decoder layers 1
+# and 2 (a schedule switches one on)
 FASTV_SITES = f"""import "{SPACES / 'common.deos'}"
 space fastv_k2_k3 extends baseline {{
   defaults {{
@@ -53,8 +55,8 @@ space fastv_k2_k3 extends baseline {{
     score: attention(query: last)
     operator: prune
   }}
+  site decoder.layers[1] {{}}
   site decoder.layers[2] {{}}
-  site decoder.layers[3] {{}}
 }}
 """
 SETTINGS = (("K=2 R=50%", 2, 0.50), ("K=2 R=75%", 2, 0.75), ("K=3 R=50%", 3, 0.50))
@@ -83,8 +85,8 @@ def cost_of(traced: TracedModel, spans: dict[str, tuple[int, int]]) -> Cost:
 
 
 def schedule(cost: Cost, k: int, r: float) -> dict[str, SitePoint]:
-    """FastV at layer `k` keeping `1 - r` of the visual tokens (the other site off)."""
-    return {site.name: SitePoint(site.block.endswith(f"layers.{k}"), round((1 - r) * VISUAL)) for site in cost.sites}
+    """FastV K = `k` (the site after layer k - 1) keeping `1 - r` of the visual tokens (the other site off)."""
+    return {site.name: SitePoint(site.block.endswith(f"layers.{k - 1}"), round((1 - r) * VISUAL)) for site in cost.sites}
 
 
 def decoder_ratio(cost: Cost, plan: dict[str, SitePoint], text: int) -> float:

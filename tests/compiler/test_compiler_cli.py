@@ -25,8 +25,8 @@ def test_compile_prints_tracer_block_map_and_sites():
     assert "block map" in out and "bound sites of space `fastv`" in out
     row = next(line for line in out.splitlines() if "decoder.layers.*" in line)
     assert "decoder" in row and " 4 " in row and "[2, 156, 128]" in row and "[0, 144)" in row
-    site = next(line for line in out.splitlines() if "decoder.layers.2@0" in line)
-    assert "decoder.layers[2]" in site and "add_16" in site
+    site = next(line for line in out.splitlines() if "decoder.layers.1@0" in line)
+    assert "decoder.layers[1]" in site and "add_14" in site
 
 
 def test_compile_one_space_of_a_file():

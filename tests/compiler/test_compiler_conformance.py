@@ -87,7 +87,7 @@ def sparsevlm(depth: int) -> list[tuple[int, float]]:
 
 # decoder spaces: (score query, operator, depth -> [(layer, ratio of the visual tokens entering)])
 DECODER_SPACES: dict[str, tuple[str, Callable, Callable[[int], list[tuple[int, float]]]]] = {
-    "fastv": ("last", prune, lambda depth: [(2, 0.5)]),
+    "fastv": ("last", prune, lambda depth: [(1, 0.5)]),  # before layer 2, by layer 1's attention
     "pyramiddrop": ("last", prune, lambda depth: [(at(depth, p), 0.5) for p in (25, 50, 75)]),
     "sparsevlm_v2": ("text", prune, sparsevlm),
     "sparsevlm_v1": ("text", recycle(0.3, 0.05), sparsevlm),

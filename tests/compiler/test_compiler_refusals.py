@@ -159,7 +159,7 @@ def test_compile_prints_the_cost_and_the_emitted_sites():
     dense, reduced = (int(part.replace(",", "")) for part in cost.removeprefix("cost: ").split(" FLOPs")[0].split(" -> "))
     assert reduced < dense
     assert "emit: ok by torch.fx.symbolic_trace" in lines
-    assert "site decoder.layers.2@0: keeps 72/144 reducible, tokens 156 -> 84" in lines
+    assert "site decoder.layers.1@0: keeps 72/144 reducible, tokens 156 -> 84" in lines
 
 
 class SelectsByValue(nn.Module):

@@ -75,7 +75,7 @@ def test_fmt_reports_syntax_errors(tmp_path: Path):
 
 def test_show_tree_and_json():
     code, out, _ = run("show", str(ROOT / "spaces" / "fastv.deos"))
-    assert code == 0 and "space fastv" in out and "site decoder.layers[2]" in out and "operator: prune" in out
+    assert code == 0 and "space fastv" in out and "site decoder.layers[1]" in out and "operator: prune" in out
     code, out, _ = run("show", str(ROOT / "spaces" / "evit.deos"), "--json")
     (space,) = json.loads(out)
     assert code == 0 and space["name"] == "evit" and space["sites"][0]["operator"]["tau"]["value"]["value"] == "Infinity"

@@ -48,9 +48,11 @@ def test_baseline_header_names_its_published_method(stem: str):
     assert header.startswith("# ") and BASELINES[stem].lower() in header.lower()
 
 
-def test_fastv_prunes_half_after_layer_two():
+def test_fastv_prunes_half_before_layer_two_by_layer_one_attention():
+    """FastV's release ranks by the previous layer's attention before layer K = 2: the output of
+    layer 1, scored by its own attention."""
     (site,) = by_name("fastv.deos")["fastv"].sites
-    assert ir.RoleSelector(path=["decoder", "layers"], index=ir.Index(items=[ir.Point(at=ir.Num(value=2))])) == site.selectors[0]
+    assert ir.RoleSelector(path=["decoder", "layers"], index=ir.Index(items=[ir.Point(at=ir.Num(value=1))])) == site.selectors[0]
     assert site.retain == ir.RetainFixed(amount=ir.Num(value=0.5))
     assert site.score == ir.Score(kind="attention", option="last")
     assert regime(site.operator)["gamma"].value.value == 0

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from deos_dsl.compiler.hard_site import SitePlan
+from deos_dsl.compiler.hard_site import SitePlan, plan_site
+from deos_dsl.compiler.site_module import SiteModule
+from deos_dsl.frontend import load_spaces
 from deos_dsl.study.pattern import is_hybrid, pattern_text, regime_name, short_site, site_pattern
+
+
+SPACES = Path(__file__).resolve().parents[2] / "spaces"
 
 
 def plan(name: str = "decoder.layers.2@0", active: bool = True, gamma: float = 0.0, tau: float = 1.0,
@@ -39,3 +45,19 @@ def test_pattern_text_lists_active_sites_with_their_tokens() -> None:
              site_pattern(plan("decoder.layers.1@1", keep=18))]
     assert pattern_text(sites) == "P mix(g=0.58) 72/144 · D1 prune 18/144"
     assert pattern_text([site_pattern(plan(active=False))]) == "-"
+
+
+# each bundled baseline's label under the corner rule: what its space writes, named by its regime
+BASELINE_LABELS = {"fastv": "prune", "pyramiddrop": "prune", "sparsevlm_v2": "prune", "sparsevlm_v1": "mix",
+                   "tome": "merge", "evit": "pool", "visionzip": "merge", "pool2x2": "pool", "reweight": "reweight"}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINE_LABELS))
+def test_each_baseline_schedule_is_labelled_by_its_own_regime(name: str) -> None:
+    """The study labels a schedule by the corner of each site's regime: every site of a baseline
+    gets its space's own corner (EViT's fusion into one token is `pool`: gamma 1, tau inf;
+    SparseVLM v1's sharp recycling, tau 0.05, is off the corners: `mix`)."""
+    space = next(s for f in sorted(SPACES.glob("*.deos")) for s in load_spaces(f) if s.name == name)
+    for index, settings in enumerate(space.sites):
+        plan_ = plan_site(f"site@{index}", SiteModule(f"site@{index}", settings, (0, 144), 128), (0, 144))
+        assert plan_.active and regime_name(plan_) == BASELINE_LABELS[name]
