@@ -54,7 +54,7 @@ def test_artifacts_and_plan(emitted: tuple[Emitted, Path]):
     plan = json.loads((out / "plan.json").read_text())
     assert (plan["model"], plan["space"], plan["tracer"]) == (QWEN, "fastv", "torch.export")
     (site,) = plan["sites"]
-    assert site["name"] == "layers.2@0" and site["active"] and site["gate"] == 1.0
+    assert site["name"] == "layers.1@0" and site["active"] and site["gate"] == 1.0
     assert (site["keep"], site["span"], site["tokens_in"], site["tokens_out"]) == (8, [2, 18], 24, 16)
     assert (site["gamma"], site["tau"], site["rho"], site["nu"], site["theta"]) == (0.0, "inf", 0.0, 1.0, None)
     code = (out / "model.py").read_text()
