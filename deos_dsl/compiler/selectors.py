@@ -5,7 +5,11 @@ Role selectors index the block lists of the block map (`decoder.layers[2]`, `[-1
 `[2:16:2]`, `[25%]` = layer floor(25/100 * L), `[100%]` = the last layer, `[*]`,
 `projector`); module selectors glob over block paths (`*` one path segment, `**` any number,
 `?` one character). A selector that matches nothing is a positioned `Diagnostic` with a
-did-you-mean hint from the model's real roles and paths.
+did-you-mean hint from the model's real roles and paths; so is one single layer (`[i]`, `[p%]`)
+whose output the model's first output (logits, or an encoder's last hidden state) does not
+depend on (LLaVA-1.5's last vision layer: its projector reads layer -2), where a reduction
+would change nothing. Lists, slices and `[*]`
+keep such a layer (its site is then a no-op, as ToMe's on every layer).
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import math
 import re
 from pathlib import Path
 
+import networkx as nx
+from torch import fx
+from torch.utils._pytree import tree_leaves
+
 from deos_dsl.errors import Diagnostic, SpaceError
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.diagnostics import suggest, with_sources
 
-from .blocks import Block, BlockMap
+from .blocks import Block, BlockMap, dataflow
 
 
 def layer_index(num: ir.Num, length: int) -> int:
@@ -54,7 +62,23 @@ def select(selector: ir.Selector, block_map: BlockMap, diagnostics: list[Diagnos
     chosen: list[Block] = []
     for item in selector.index.items:
         chosen += _select_item(item, path, blocks, diagnostics)
+    if len(selector.index.items) == 1 and isinstance(selector.index.items[0], ir.Point) and chosen \
+            and _unused(block_map, chosen[0]):
+        report_at(diagnostics, selector.index.items[0], f"`{path}` layer {chosen[0].index} is block `{chosen[0].path}`, "
+                  "whose output the model's result does not depend on (it reads an earlier layer): a reduction "
+                  "there changes nothing",
+                  "select a layer the model reads, e.g. `[-2]` on LLaVA-1.5, whose projector reads layer -2")
+        return []
     return list({block.path: block for block in chosen}.values())
+
+
+def _unused(block_map: BlockMap, block: Block) -> bool:
+    """Whether the model's first output (its logits, or an encoder's last hidden state) does not
+    depend on `block`'s output (an HF VLM also returns the vision tower's last state, unread)."""
+    (output,) = block_map.graph_module.graph.find_nodes(op="output")
+    first = next((leaf for leaf in tree_leaves(output.args[0]) if isinstance(leaf, fx.Node)), None)
+    return first is not None and block.exit is not first and not nx.has_path(dataflow(block_map.graph_module),
+                                                                              block.exit, first)
 
 
 def raise_diagnostics(diagnostics: list[Diagnostic]) -> None:

@@ -9,9 +9,9 @@ the active sites before it removed: the intermediates really have fewer tokens.
 Where a site sits follows the space: `layers[p%]` is layer `floor(p% * depth)`, one site per
 listed layer; the tiny HF decoders (3 layers) take SparseVLM's first two sites both on layer 0.
 SigLIP has no CLS: its `attention(query: cls)` is the first token's row, every token reducible.
-LLaVA feeds its decoder the tower's layer -2 without CLS, so VisionZip on the tower's last layer
-shows only in that layer's stream (the output is the dense model's), and the bundled ToMe's 16
-tokens are capped to half of the 16, 8, 4 patches entering each layer.
+LLaVA feeds its decoder the tower's layer -2 without CLS, so the bundled VisionZip (on the tower's
+last layer) is refused there by name, and the bundled ToMe's 16 tokens are capped to half of the
+16, 8, 4 patches entering each layer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from deos_dsl.compiler.stack_retrace import StackGraph
 from deos_dsl.compiler.token_index import gather_side
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC
 from deos_dsl.ops import gather_tokens
+from deos_dsl.errors import SpaceError
 from deos_dsl.pipeline import Emitted, compile_emitted
 from references import (
     LayerReduce,
@@ -101,7 +102,8 @@ VISION_SPACES: dict[str, Callable[[int, int], dict[int, VisionStep]]] = {
 }
 FILES = {"sparsevlm_v1": "sparsevlm", "sparsevlm_v2": "sparsevlm"}
 PAIRS = [*((name, space) for name in ("embedded", LLAVA, QWEN) for space in DECODER_SPACES),
-         *((name, space) for name in ("embedded", CLIP, SIGLIP, VIT, LLAVA) for space in VISION_SPACES),
+         *((name, space) for name in ("embedded", CLIP, SIGLIP, VIT, LLAVA) for space in VISION_SPACES
+           if (name, space) != (LLAVA, "visionzip")),  # refused: LLaVA reads layer -2 (test below)
          ("embedded", "pool2x2"), (LLAVA, "pool2x2")]
 
 
@@ -274,3 +276,18 @@ def test_emitted_corner_equals_reference_and_shrinks(name: str, space: str):
         torch.testing.assert_close(stream, want_streams[layer], atol=1e-5, rtol=1e-6)
     assert_blocks_run_reduced(emitted, STACKS[name])
     assert not any(isinstance(module, StackGraph) for module in loaded(name).model.modules())  # the model is intact
+
+
+def test_a_site_on_a_layer_the_model_does_not_read_is_refused():
+    """VisionZip on the tower's last layer of a LLaVA-1.5-style model (its projector reads layer -2)
+    would change nothing: refused at the selector, with the layer to write instead."""
+    with pytest.raises(SpaceError) as caught:
+        compile_emitted(bundled("visionzip.deos", "visionzip"), loaded(LLAVA))
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message.startswith("`vision.layers` layer 2 is block `model.vision_tower.encoder.layers.2`, "
+                                         "whose output the model's result does not depend on")
+    assert "`[-2]` on LLaVA-1.5" in diagnostic.hint
+    shifted = bundled("visionzip.deos", "visionzip").model_copy(deep=True)
+    shifted.sites[0].selectors[0].index.items[0].at.value = -2
+    # CLS, 2 dominant of the 16 patches (9.375%, rounded up) and 10 contextual tokens
+    assert list(compile_emitted(shifted, loaded(LLAVA)).lengths.values()) == [(17, 13)]
