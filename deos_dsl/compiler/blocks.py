@@ -356,7 +356,8 @@ def _is_conv(node: fx.Node) -> bool:
 
 
 def example_size(size: int | torch.SymInt) -> int:
-    """A size at the example inputs, without adding a guard on a symbolic one."""
+    """A size at the example inputs (its dense value), without adding a guard on a symbolic one;
+    raises `GuardOnDataDependentSymNode` for a data-dependent size (no hint)."""
     return int(guarding_hint_or_throw(size)) if isinstance(size, torch.SymInt) else int(size)
 
 

@@ -22,9 +22,9 @@ from torch import fx
 from torch._guards import detect_fake_mode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .masking import key_logits, key_mask
 from deos_dsl.errors import DeosCompileError, first_line
 
+from .masking import key_logits, key_mask
 from .trace import TracedModel, propagate
 
 SDPA_TARGETS = (torch.ops.aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)

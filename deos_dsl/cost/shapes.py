@@ -31,19 +31,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import sympy
 import torch
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode, guarding_hint_or_throw
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+from deos_dsl.compiler.blocks import example_size as hint  # the dense value of a size, no guard added
 
 Expr = sympy.Expr
 ZERO, ONE = sympy.Integer(0), sympy.Integer(1)
 TO_END = 2**62  # a slice stop at or past this (export writes INT64_MAX) runs to the end
-
-
-def hint(size: int | torch.SymInt) -> int:
-    """The dense value of a (possibly symbolic) size, without adding a guard; raises
-    `GuardOnDataDependentSymNode` for a data-dependent size (no hint)."""
-    if isinstance(size, torch.SymInt):
-        return int(guarding_hint_or_throw(size))
-    return int(size)
 
 
 def values_of(meta: Any) -> Any:

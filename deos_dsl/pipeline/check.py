@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deos_dsl.compiler.models import LoadedModel
-from deos_dsl.cost import Cost, default_schedule
+from deos_dsl.cost import Cost
 from deos_dsl.frontend import ir
 
-from .compile import Bound, attach_cost, bind_model
+from .compile import Bound
+from .cost import bound_cost
 from .emit import Emitted, compile_emitted
 
 
@@ -33,7 +34,6 @@ class Checked:
 
 def check_space(space: ir.Space, loaded: LoadedModel) -> Checked:
     """The checks of `deos compile` (module docstring); raises `DeosCompileError` / `SpaceError`."""
-    bound = bind_model(space, loaded)
-    cost = attach_cost(bound, model_name=loaded.name).per_example()
-    flops = cost.flops(default_schedule(cost, bound.modules))
-    return Checked(bound, cost, cost.dense_flops(), flops, compile_emitted(space, loaded))
+    bound, cost, schedule = bound_cost(space, loaded)
+    cost = cost.per_example()
+    return Checked(bound, cost, cost.dense_flops(), cost.flops(schedule), compile_emitted(space, loaded))

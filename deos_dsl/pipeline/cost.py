@@ -16,13 +16,21 @@ from deos_dsl.frontend import ir
 from .compile import Bound, attach_cost, bind_model
 
 
+def bound_cost(space: ir.Space, loaded: LoadedModel,
+               conventions: Conventions = Conventions()) -> tuple[Bound, Cost, dict[str, SitePoint]]:
+    """`(binding, cost, default schedule)` of `space` on `loaded`; raises `DeosCompileError` /
+    `SpaceError`."""
+    bound = bind_model(space, loaded)
+    cost = attach_cost(bound, conventions, loaded.name)
+    return bound, cost, default_schedule(cost, bound.modules)
+
+
 def cost_space(space: ir.Space, loaded: LoadedModel,
                conventions: Conventions = Conventions()) -> tuple[Cost, dict[str, SitePoint]]:
     """`(cost, default schedule)` of `space` on `loaded` (module docstring); raises
     `DeosCompileError` / `SpaceError` as `deos compile` does."""
-    bound = bind_model(space, loaded)
-    cost = attach_cost(bound, conventions, loaded.name)
-    return cost, default_schedule(cost, bound.modules)
+    _, cost, schedule = bound_cost(space, loaded, conventions)
+    return cost, schedule
 
 
 def search_flops(bound: Bound) -> CostFunction:

@@ -161,7 +161,7 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     the decoder's sites on that reduced model, fed the compacted inputs. The result takes the
     original inputs; its plans and lengths carry the space's own site names."""
     first, second = Part.of(space, bound, stack.prefix, True), Part.of(space, bound, stack.prefix, False)
-    staged = compile_emitted(first.space, loaded, first.settings(settings))
+    staged = _emitted(first.space, loaded, first.settings(settings))  # compile_emitted runs the whole result
     whole = staged.module
     assert isinstance(whole, CompactImageTokens)
     decoder = bound.block_map.stack("decoder")
@@ -169,7 +169,7 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     # the reduced stack runs as one opaque graph: name the decoder, which its blocks no longer tell
     reduced = LoadedModel(loaded.name, whole.module, kwargs=whole.compact(loaded.kwargs), source=loaded.source,
                           roles={**loaded.roles, "decoder": decoder.prefix})
-    decoded = compile_emitted(second.space, reduced, second.settings(settings))
+    decoded = _emitted(second.space, reduced, second.settings(settings))
     plans = {first.outward(n): p for n, p in staged.plans.items()} | {second.outward(n): p for n, p in decoded.plans.items()}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
+from compiler_models import tensors
 from deos_dsl.compiler import LoadedModel, build_block_map, resolve_model, trace
 from deos_dsl.compiler.trace import LANGUAGE_MODEL
 from deos_dsl.errors import DeosError
@@ -66,10 +66,6 @@ def reason(error: DeosError) -> str:
     return text if len(text) <= REASON_LENGTH else text[:REASON_LENGTH - 3] + "..."
 
 
-def outputs(value: object) -> list[torch.Tensor]:
-    return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()]
-
-
 def check_role(name: str, role: str, row: Row) -> Cell:
     """`role`'s site on `hf:name` through compile, cost and the `.pt2` export (module docstring)."""
     loaded = resolve_model(f"hf:{name}")
@@ -86,7 +82,7 @@ def check_role(name: str, role: str, row: Row) -> Cell:
         except DeosError as error:
             return Cell(False, reason(error), score.partition("(")[0])
         with torch.no_grad():
-            want, got = outputs(emitted.run()), outputs(program.module()(*emitted.args, **emitted.kwargs))
+            want, got = tensors(emitted.run()), tensors(program.module()(*emitted.args, **emitted.kwargs))
         assert len(want) == len(got) and all(torch.allclose(w, g, atol=1e-5, rtol=1e-5) for w, g in zip(want, got))
         (n_in, n_out), = emitted.lengths.values()
         assert n_out < n_in, "the emitted site keeps every token"
