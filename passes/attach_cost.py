@@ -6,7 +6,8 @@ scores (pass 2); a relaxed graph (pass 3) costs what it would emit, and an emitt
 walks the graph: the symbolic shape of every node (token counts in the cost symbols, each
 site's tokens replaced by its symbol downstream) and its FLOPs from the registry
 (`deos_dsl.cost.formulas`). Aggregation is by `nn_module_stack`: every node belongs to its
-block (or `outside`), a site's score nodes and its operator to the site. Dead nodes (that
+block (or `outside`), a site's score nodes (a light attention pass included) and its operator
+to the site. Dead nodes (that
 cleanup, pass 5, removes from every emitted graph, `live_nodes`: e.g. what HF LLaVA's vision
 tower computes after the layer it reads, when the release does not return it) get their
 formula but are not counted: `Cost.dead` sums them.
@@ -27,7 +28,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.sites import META_SCORE, BoundSite, SiteScores, live_nodes
+from deos_dsl.compiler.sites import BoundSite, SiteScores, live_nodes, scored_site
 from deos_dsl.cost.formulas import Conventions
 from deos_dsl.cost.model import Cost, GroupCost, SiteCost
 from deos_dsl.cost.propagate import Costs, add_costs
@@ -81,7 +82,7 @@ class AttachCost(PassBase):
             if node not in live:
                 add_costs(dead, costs)
                 continue
-            site = node.meta.get(META_SCORE)
+            site = scored_site(node)
             if site in scores:
                 add_costs(scores[site], costs)
             else:

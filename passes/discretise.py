@@ -29,7 +29,10 @@ tokens reach its stream (`shrink`: within a stack, what the previous site left, 
 and its extra ones, `SitePlan.leaving`; across stacks, a vision site shortens the projector's and
 the decoder's visual span by the tokens it removed). Sites on one BLOCK: a score or key features
 computed from the block's attention have the block's length, so they are gathered with the
-kept indices of the block's earlier sites (a text-query score keeps the block's span).
+kept indices of the block's earlier `mid` / `after` sites (a text-query score keeps the block's
+span); a `before` site's light pass reads the stream entering the block, already reduced by the
+sites before it. Sites chain by stream node, and what reads a `before` site's stream as it was
+before it (its light pass, a first block's length reads) stays on it (`before_readers`).
 
 Which graphs: an exported graph must keep a SYMBOLIC length at the site (torch.export with a
 dynamic sequence `Dim`: HF decoders, LLaVA's language model). A graph whose length export
@@ -59,7 +62,7 @@ from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.hard_site import HardSite, SitePlan, plan_site
 from deos_dsl.compiler.rebind import META_REBIND, Rebind
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, bias_attention
+from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, anchor_for, before_readers, bias_attention, light_of
 from deos_dsl.compiler.token_flow import TokenFlow, token_flow
 from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.errors import DeosCompileError, first_line
@@ -98,7 +101,7 @@ def plan_sites(block_map: BlockMap, sites: list[BoundSite], scores: dict[str, Si
         removals = [(at, removed) for stack, at, removed in landed if stack == site.block.stack]
         plan = plans[site.name] = plan_site(site.name, modules[site.name], shrink(site, span, removals))
         if plan.active:
-            flow = flows[site.name] = token_flow(block_map, site.node, span)
+            flow = flows[site.name] = token_flow(block_map, site.node, span, before_readers(site, scores[site.name]))
             landed += [(stack, at, plan.entering - plan.leaving) for stack, at in flow.landed(block_map).items()]
     return plans, flows
 
@@ -132,7 +135,8 @@ class Discretise(PassBase):
         that closes a site after an open one)."""
         for site in self.sites:
             if not self.plans[site.name].active:
-                for node in (self.scores[site.name].score, self.scores[site.name].features):
+                light = [node for node in graph_module.graph.nodes if light_of(node) == site.name]
+                for node in (self.scores[site.name].score, self.scores[site.name].features, *reversed(light)):
                     if node is not None and not node.users:
                         graph_module.graph.erase_node(node)
 
@@ -143,11 +147,11 @@ class Discretise(PassBase):
         biases: dict[str, tuple[Block, fx.Node]] = {}  # block path -> the latest proportional bias reaching it
         self._drop_closed_scores(graph_module)
         for index, site in enumerate(self._active()):
-            stream, anchor = streams.get(site.block.path, (site.node, site.node))
+            stream, anchor = streams.get(site.node, (site.node, site.node))
             outputs = self._insert(graph_module, index, site, stream, anchor, sizes.get(site.block.stack))
-            streams[site.block.path] = (outputs["x"], outputs["bias"])
+            streams[site.node] = (outputs["x"], outputs["bias"])
             flow = self.flows[site.name]
-            rebind = Rebind(flow, outputs, current)
+            rebind = Rebind(flow, outputs, current, site.name)
             rebind.apply()
             # as in the relaxed graph, the latest site of a stack governs: the next site weighs by its
             # sizes, and the blocks after it attend with its `log size` bias (none when it is not
@@ -198,8 +202,9 @@ class Discretise(PassBase):
             raise DeosCompileError(f"site `{site.name}`: a learned scorer cannot be emitted yet",
                                    "use a fixed score for emitted sites")
         # an earlier site of the same block: what the block's attention gave (a score, key features)
-        # has the block's length, so it follows that site's kept tokens
-        earlier = self._on_block.setdefault(site.block.path, [])
+        # has the block's length, so it follows that site's kept tokens (a `before` site's own light
+        # pass reads the stream it reduces, and its reduction precedes the block's attention)
+        earlier = [] if site.position == "before" else self._on_block.setdefault(site.block.path, [])
         on_stream = score.args[0] in (site.node, stream)
         score.update_kwarg("span", plan.span if on_stream or not earlier else earlier[0][0].span)
         for _, kept_idx in earlier:
@@ -209,9 +214,12 @@ class Discretise(PassBase):
                 features = anchor = insert_after(anchor, gather_tokens, (features, kept_idx))
         if earlier and on_stream and features is not None:
             score.update_kwarg("features", features)
-        # the previous site's re-bound length reads stay on ITS output (they are then dead: cleanup)
+        # the previous site's re-bound length reads stay on ITS output (they are then dead: cleanup);
+        # what reads this site's stream as it was before it stays on it (`before_readers`)
+        before = self.flows[site.name].before
+        anchor = anchor_for(site, anchor, SiteScores(score, features, plan.span), stream)
         outputs = call_on_stream(anchor, f"{HARD_PREFIX}{index}", (stream, score, features, sizes), OUTPUTS,
-                                 score, site.node, keep=lambda user: META_REBIND in user.meta)
+                                 score, site.node, keep=lambda user: META_REBIND in user.meta or user in before)
         self.outputs[site.name] = outputs
         earlier.append((plan, outputs["kept_idx"]))
         return outputs

@@ -9,10 +9,15 @@ projector site into the decoder stack, placed at the decoder's reducible span (t
 must have the same length). A vision-encoder site's mask does not cross the projector (the
 relaxed search sees its merged values only; the emitted graph really removes the tokens).
 
-Masking: every attention node of a LATER block the site reaches gets
+Masking: every attention node of a block whose attention the site precedes (a later block of
+its stack; its own block too when it sits `before` it, `BoundSite.precedes_attention`) gets
 `attn_mask = key_mask(bias, q, its own mask, is_causal)` and `is_causal=False`
 (`deos_dsl.compiler.masking`): the site's additive key bias on top of the node's causal or
-existing mask; attention scores recomputed from that node (pass 2) see the same mask.
+existing mask; attention scores recomputed from that node (pass 2) see the same mask, and a
+`before` site's light attention pass sees the bias of the sites before it (`bias_light`).
+Sites on one stream node (`before` block k and `after` block k - 1) chain in site order; a
+site's call goes after its score (`anchor_for`), and what reads its stream as it was before
+it stays there (`before_readers`).
 
 Shape (torch.fx `PassBase`): `requires` checks the scores belong to the sites, no site
 module exists and no site fuses into an extra token (`into: extra(1)` adds a token: it has no
@@ -24,6 +29,8 @@ a `[B, N, D]` stream with the same shape out, and that the model's own parameter
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
@@ -32,7 +39,7 @@ from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.masking import place_tokens
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.site_transfer import extra_tokens, fuse_refusal
-from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores, bias_attention
+from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores, anchor_for, before_readers, bias_attention, bias_light, light_of
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
@@ -59,15 +66,15 @@ class InsertRelaxed(PassBase):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         done: list[BoundSite] = []
-        streams: dict[str, tuple[fx.Node, fx.Node]] = {}  # block path -> (output stream, last node defining it)
+        streams: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}  # site node -> (output stream, last node defining it)
         for index, site in enumerate(self.sites):
-            stream, anchor = streams.get(site.block.path, (site.node, site.node))
-            carried = self._carried(done, site.block, strict=False)
-            streams[site.block.path] = self._insert(graph_module, index, site, stream, anchor, carried)
+            stream, anchor = streams.get(site.node, (site.node, site.node))
+            carried = self._carried(done, site.block, lambda earlier: earlier.block.stack == site.block.stack)
+            streams[site.node] = self._insert(graph_module, index, site, stream, anchor, carried)
             done.append(site)
         for stack in self.block_map.stacks:
             for block in stack.blocks:
-                carried = self._carried(done, block, strict=True)
+                carried = self._carried(done, block, lambda earlier: earlier.precedes_attention(block))
                 if carried is not None:
                     bias_attention(block, carried[2])
         refresh(self.block_map.traced)
@@ -89,16 +96,22 @@ class InsertRelaxed(PassBase):
         inserted, module = self.scores[site.name], self.modules[site.name]
         gm.add_submodule(f"{RELAXED_PREFIX}{index}", module)
         mask, sizes = (carried[0], carried[1]) if carried else (None, None)
+        if carried is not None and inserted.score is not None and light_of(inserted.score) == site.name:
+            bias_light(inserted.score, carried[2])  # a `before` site's light pass sees the earlier sites' removal
+        before = before_readers(site, inserted)
+        anchor = anchor_for(site, anchor, inserted, stream)
         args = (stream, inserted.score, mask, sizes, inserted.features)
-        outputs = call_on_stream(anchor, f"{RELAXED_PREFIX}{index}", args, OUTPUTS, inserted.score, site.node)
+        outputs = call_on_stream(anchor, f"{RELAXED_PREFIX}{index}", args, OUTPUTS, inserted.score, site.node,
+                                 keep=before.__contains__)
         call, last = outputs.pop("call"), outputs[OUTPUTS[-1]]
         self.calls[site.name], self._outputs[site.name] = call, outputs
         return outputs["x"], last
 
-    def _carried(self, done: list[BoundSite], block: Block, strict: bool) -> tuple[fx.Node, fx.Node, fx.Node] | None:
-        """(mask, sizes, bias) of the latest done site reaching `block` (`strict`: an earlier block only)."""
-        same = [s for s in done if s.block.stack == block.stack and
-                (s.block.index < block.index or (not strict and s.block.index == block.index))]
+    def _carried(self, done: list[BoundSite], block: Block,
+                 reaches: Callable[[BoundSite], bool]) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+        """(mask, sizes, bias) of the latest done site that `reaches` `block` (its stream, or its
+        attention: `BoundSite.precedes_attention`), else of a projector site feeding its stack."""
+        same = [s for s in done if reaches(s)]
         if same:
             outputs = self._outputs[same[-1].name]
             return outputs["mask"], outputs["sizes"], outputs["bias"]

@@ -30,9 +30,10 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
-from deos_dsl.compiler.graph_edit import eager_attention_nodes, insert_after, is_sdpa, refresh, sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.graph_edit import insert_after, is_sdpa, refresh, sdpa_argument
+from deos_dsl.compiler.positions import META_LIGHT, attention_node, light_attention
 from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score, weights_attention
-from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
+from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores, light_of
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
@@ -57,7 +58,11 @@ class InsertScores(PassBase):
         for site in self.sites:
             settings = self.space.sites[site.site_index]
             span = reducible_span(self.space, self.block_map, site.block)
+            needs_attention = SCORES[settings.score.kind].attention or settings.operator.affinity == "keys"
             attention = self._attention(site, required=SCORES[settings.score.kind].attention)
+            light: dict[fx.Node, fx.Node] = {}
+            if attention is not None and needs_attention and site.position == "before":
+                light = light_attention(site.block, site.name)
             features = None
             if settings.operator.affinity == "keys" and attention is not None:
                 if not is_sdpa(attention):
@@ -65,11 +70,14 @@ class InsertScores(PassBase):
                                            f"scaled_dot_product_attention, and block `{site.block.path}` computes its "
                                            "attention eagerly (matmul + softmax)",
                                            "load the model with attn_implementation=\"sdpa\", or write `affinity: hidden`")
-                features = insert_after(attention, mean_keys, (sdpa_argument(attention, "key"),))
-            score = self._score(site, settings.score, span, attention, features)
+                key = sdpa_argument(attention, "key")
+                features = insert_after(self._anchor(attention, light), mean_keys, (light.get(key, key),))
+            score = self._score(site, settings.score, span, attention, features, light)
             for node in (score, features):
                 if node is not None:
                     node.meta[META_SCORE] = site.name
+                    if light:  # part of the light pass: it reads the block's side tensors too (its mask)
+                        node.meta[META_LIGHT] = (site.name, site.block.path)
             self.scores[site.name] = SiteScores(score, features, span)
         refresh(self.block_map.traced)
         return PassResult(graph_module, True)
@@ -81,26 +89,39 @@ class InsertScores(PassBase):
                     continue
                 if node.meta["val"].ndim != ndim or any(META_SCORE not in user.meta for user in node.users):
                     raise AssertionError(f"insert_scores: site {name}: bad score node {node.name}")
+        for site in self.sites:
+            light = [node for node in graph_module.graph.nodes if light_of(node) == site.name]
+            if light and (site.position != "before" or any(node.users.keys() - set(light) for node in light)):
+                raise AssertionError(f"insert_scores: site {site.name}: its light attention feeds another node")
 
     @staticmethod
     def _attention(site: BoundSite, required: bool) -> fx.Node | None:
         """The block's last `scaled_dot_product_attention`, else its last eager attention softmax."""
-        found = sdpa_nodes(site.block.nodes) or eager_attention_nodes(site.block.nodes)
-        if not found and required:
+        found = attention_node(site.block)
+        if found is None and required:
             raise DeosCompileError(f"site `{site.name}`: block `{site.block.path}` has no attention to recompute "
                                    "attention scores from", "use `score: norm` on blocks without attention")
-        return found[-1] if found else None
+        return found
+
+    @staticmethod
+    def _anchor(attention: fx.Node, light: dict[fx.Node, fx.Node]) -> fx.Node:
+        """Where a node reading the attention goes: after it, or after the light pass copying it."""
+        return list(light.values())[-1] if light else attention
 
     def _score(self, site: BoundSite, score: ir.Score, span: tuple[int, int], attention: fx.Node | None,
-               features: fx.Node | None) -> fx.Node | None:
+               features: fx.Node | None, light: dict[fx.Node, fx.Node]) -> fx.Node | None:
         spec = SCORES[score.kind]
         if spec.attention and attention is not None and not is_sdpa(attention):
-            return insert_after(attention, weights_attention, (attention, score.option), {"span": span})
+            probabilities = light.get(attention, attention)
+            return insert_after(probabilities, weights_attention, (probabilities, score.option), {"span": span})
         if spec.attention:
             assert attention is not None
-            args = tuple(sdpa_argument(attention, name) for name in ("query", "key", "attn_mask", "is_causal", "scale"))
-            node = insert_after(features or attention, query_attention, (*args, score.option), {"span": span})
-            node.meta[META_SDPA] = attention
+            args = [sdpa_argument(attention, name) for name in ("query", "key", "attn_mask", "is_causal", "scale")]
+            args = [light.get(arg, arg) if isinstance(arg, fx.Node) else arg for arg in args]
+            node = insert_after(features or self._anchor(attention, light), query_attention, (*args, score.option),
+                                {"span": span})
+            if not light:  # a light pass has its own mask (insert_relaxed biases it)
+                node.meta[META_SDPA] = attention
             return node
         if spec.learned:
             return None
@@ -108,8 +129,9 @@ class InsertScores(PassBase):
             raise DeosCompileError(f"site `{site.name}`: score `{score.kind}` needs a square grid of reducible tokens, but "
                                    f"its span {span[0]}..{span[1]} holds {span[1] - span[0]}",
                                    f"use `score: {score.kind}` on a square patch grid")
-        # features come from the block's attention, which precedes the block output
-        return insert_after(site.node, stream_score, (site.node, score.kind, score.option),
+        # features come from the block's attention (before a `mid` or `after` site's stream; after
+        # the copies of a light pass, which follow a `before` site's stream)
+        return insert_after(max(site.node, features) if features is not None else site.node, stream_score, (site.node, score.kind, score.option),
                             {"span": span, "features": features})
 
 

@@ -128,7 +128,7 @@ class HardSite(nn.Module):
         plan = self.plan
         start, end = plan.span
         transfer = transfer_inputs(scores[:, start:end], plan.keep, fuse=plan.fuse, contextual=plan.contextual,
-                                   recycle=plan.recycle, bipartite=plan.bipartite)
+                                   recycle=plan.recycle, bipartite=plan.bipartite, start=start)
         result = reduce_tokens(x, range(start, end), transfer.scores, keep=plan.keep + plan.contextual,
                                regime=plan.regime(), sizes=sizes, positions=self.positions,
                                dest_eligible=transfer.dest_eligible, source_weights=transfer.source_weights,

@@ -15,7 +15,9 @@ the hard site's outputs `x [B, N', D]`, `kept_idx [B, N']` (positions in the sit
   LENGTH READS re-pointed at `sym_size(its entry stream, 1)` and its SIDE TENSORS gathered
   (`gather_tokens`; `[.., N, N]` masks on both token axes, `gather_mask`) with the index of its
   entry, right before their first use in the block (not those computed from the reduced tokens,
-  `TokenFlow.downstream`: they have the reduced length already).
+  `TokenFlow.downstream`: they have the reduced length already); the light attention pass of
+  another site `before` the block reads them as the block does (`positions.light_attention`),
+  the site's own keeps what it read before the site.
 `now` maps each original side tensor / length read (glue sides: `(consumer, side)`) to what its
 users read now; every inserted node is tagged `meta['deos_rebind']` (a later site on the same
 block moves the stream's uses, but not these).
@@ -34,7 +36,8 @@ from deos_dsl.ops import gather_tokens
 from .blocks import Block
 from .graph_edit import insert_after, insert_before
 from .masking import gather_mask
-from .sites import META_SDPA
+from .positions import META_LIGHT
+from .sites import META_SDPA, light_of
 from .token_flow import Joined, Same, Sliced, TokenFlow
 from .token_index import gather_side, join_index, join_values, slice_index
 
@@ -44,8 +47,9 @@ META_REBIND = "deos_rebind"
 class Rebind:
     """Re-bind `flow` to the hard site whose output nodes are `outputs` (module docstring)."""
 
-    def __init__(self, flow: TokenFlow, outputs: dict[str, fx.Node], now: dict[Hashable, fx.Node]) -> None:
-        self.flow, self.outputs, self.now = flow, outputs, now
+    def __init__(self, flow: TokenFlow, outputs: dict[str, fx.Node], now: dict[Hashable, fx.Node], site: str) -> None:
+        self.flow, self.outputs, self.now, self.site = flow, outputs, now, site
+        self._light: dict[str, list[fx.Node]] | None = None  # block path -> other sites' light passes
         self._along: dict[tuple[fx.Node, str, float | None], fx.Node] = {}
         self._removed: fx.Node | None = None
 
@@ -110,17 +114,29 @@ class Rebind:
 
     def _block(self, block: Block, made: dict[fx.Node, fx.Node]) -> None:
         entry = self.outputs["x"] if block.entry is self.flow.start else block.entry
+        readers = self._readers(block)
         for read in block.length_reads:
             old = self.now.get(read, read)
             if read not in made:
-                made[read] = self._tag(insert_before(_first_use(block, old), torch.ops.aten.sym_size.int, (entry, 1)))
-            _replace_in(block, old, made[read])
+                made[read] = self._tag(insert_before(_first_use(readers, old), torch.ops.aten.sym_size.int, (entry, 1)))
+            _replace_in(readers, old, made[read])
         for side in (side for side in block.side if side.node not in self.flow.downstream):
             old = self.now.get(side.node, side.node)
             if side.node not in made:
                 gather = gather_mask if side.kind == "mask" else gather_tokens
-                made[side.node] = self._tag(insert_before(_first_use(block, old), gather, (old, self.index(block.entry))))
-            _replace_in(block, old, made[side.node])
+                made[side.node] = self._tag(insert_before(_first_use(readers, old), gather, (old, self.index(block.entry))))
+            _replace_in(readers, old, made[side.node])
+
+    def _readers(self, block: Block) -> list[fx.Node]:
+        """The nodes that read `block`'s side tensors and length, in graph order: the light
+        attention passes of OTHER sites before it (they precede it; this site's own reads the
+        stream as it was before the site), then the block's own nodes."""
+        if self._light is None:
+            self._light = {}
+            for node in block.entry.graph.nodes:
+                if META_LIGHT in node.meta and light_of(node) != self.site:
+                    self._light.setdefault(node.meta[META_LIGHT][1], []).append(node)
+        return self._light.get(block.path, []) + block.nodes
 
     @staticmethod
     def _tag(node: fx.Node) -> fx.Node:
@@ -128,12 +144,12 @@ class Rebind:
         return node
 
 
-def _first_use(block: Block, node: fx.Node) -> fx.Node:
-    return next((member for member in block.nodes if node in member.all_input_nodes), block.nodes[0])
+def _first_use(readers: list[fx.Node], node: fx.Node) -> fx.Node:
+    return next((member for member in readers if node in member.all_input_nodes), readers[0])
 
 
-def _replace_in(block: Block, old: fx.Node, new: fx.Node) -> None:
-    members = set(block.nodes)
-    for user in list(old.users):  # the block's nodes and the attention scores recomputed from them
+def _replace_in(readers: list[fx.Node], old: fx.Node, new: fx.Node) -> None:
+    members = set(readers)
+    for user in list(old.users):  # the readers and the attention scores recomputed from the block's nodes
         if user in members or user.meta.get(META_SDPA) in members:
             user.replace_input_with(old, new)

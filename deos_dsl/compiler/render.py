@@ -39,11 +39,12 @@ def block_table(block_map: BlockMap) -> Table:
 
 
 def sites_table(space_name: str, sites: list[BoundSite]) -> Table:
-    """One row per bound site: name, selector, block, role, boundary node and its shape."""
+    """One row per bound site: name, selector, block, role, position in the block, stream node
+    and the block's stream shape."""
     table = Table(title=f"bound sites of space `{space_name}`", title_justify="left")
-    for column in ("site", "selector", "block", "role", "boundary node", "stream"):
+    for column in ("site", "selector", "block", "role", "at", "stream node", "stream"):
         table.add_column(column)
     for site in sites:
-        table.add_row(site.name, site.selector, site.block.path, site.block.role or "-", site.node.name,
+        table.add_row(site.name, site.selector, site.block.path, site.block.role or "-", site.position, site.node.name,
                       _shape(site.block))
     return table

@@ -258,7 +258,8 @@ class SiteModule(nn.Module):
         mask_v = mask_in[:, start:end]
         ratio = self.keep_ratio(mask_v.sum(dim=-1))
         transfer = transfer_inputs(scores[:, start:end], ratio * (end - start), fuse=False, contextual=self.contextual,
-                                   recycle=self.recycle, bipartite=self.bipartite, temperature=self.temperature)
+                                   recycle=self.recycle, bipartite=self.bipartite, start=start,
+                                   temperature=self.temperature)
         weights = mask_v if transfer.source_weights is None else mask_v * transfer.source_weights
         out = relaxed_reduce(x, range(start, end), transfer.scores, ratio + transfer.targets / (end - start),
                              regime=self.regime(), gate=self.gate if self.gate_sample is None else self.gate_sample,

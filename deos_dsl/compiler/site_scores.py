@@ -5,7 +5,9 @@ Every score is `[B, N]` over the whole stream (higher = keep); the site module r
 the reducible span. `Span = (start, end)` is the reducible span of the stream.
 - `query_attention` (the `attention` score): attention received from ONE recomputed query row
   (`QUERY_ROWS`: the last token, CLS, or the mean of the text queries = the tokens after the
-  span), from the block's own post-RoPE `q [B, H, N, dh]` and `k [B, Hk, N, dh]`, honouring
+  span), or SparseVLM's `raters` (the text rows whose attention to the span is at least the
+  text rows' mean, their attention rows averaged: `rater_scores`), from the block's own
+  post-RoPE `q [B, H, N, dh]` and `k [B, Hk, N, dh]`, honouring
   the block's mask (its row for that query), `is_causal` and scale, so it works with fused
   attention kernels; in a right-padded batch each example's own last real token and text
   rows (the tokens the mask lets the last row attend);
@@ -13,7 +15,8 @@ the reducible span. `Span = (start, end)` is the reducible span of the stream.
   (matmul + softmax), where no fused node holds q and k;
 - `stream_score`: every other score, computed on the block's output stream by its kernel in
   `STREAM_KERNELS`: `norm` (hidden-state norm), `similarity` to `text` (the mean text token)
-  or to `tokens` (ToMe bipartite redundancy on the features, even span offsets may merge),
+  or to `tokens` (ToMe bipartite redundancy on the features: tokens at even stream positions
+  may merge into those at odd ones, ToMe's alternation over the whole sequence),
   `position` (the top-left token of every 2x2 window of the square span grid);
 - `mean_keys`: `[B, Hk, N, dh] -> [B, N, dh]`, ToMe's key affinity features.
 """
@@ -26,7 +29,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from deos_dsl.ops import NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, text_similarity
+from deos_dsl.ops import (NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, rater_scores,
+                          text_similarity)
 
 Span = tuple[int, int]
 
@@ -76,14 +80,48 @@ QUERY_ROWS: dict[str, Callable[[Tensor, Span, Tensor], Tensor]] = {
 }
 
 
+def _probabilities(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float | None) -> Tensor:
+    """`[B, N, N]`: the attention probabilities of every query row, mean over heads (the block's
+    mask and causality; grouped key heads expanded), in float32 at least."""
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    k = k.to(cd).repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q.to(cd) @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_mask is not None:
+        mask = attn_mask
+        while mask.dim() > 3:
+            mask = mask[:, 0]
+        bias = torch.where(mask, 0.0, NEG_BIAS).to(cd) if mask.dtype == torch.bool else mask.to(cd).clamp_min(NEG_BIAS)
+        logits = logits + (bias if bias.dim() == 3 else bias[None])[:, None]
+    if is_causal:
+        n = q.shape[2]
+        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+    return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
+def _raters(probabilities: Tensor, positions: Tensor, span: Span, real: Tensor) -> Tensor:
+    b, n = probabilities.shape[0], probabilities.shape[-1]
+    return rater_scores(probabilities, _text_rows(positions, span, real).expand(b, n), span)
+
+
+# Queries whose rows each keep their own attention: `[B, N]` from the head-mean probabilities of
+# every row `[B, N, N]`, the token positions `[N]`, the span and the real tokens `[B, N]`
+# (SparseVLM's text raters).
+PER_ROW_QUERIES: dict[str, Callable[[Tensor, Tensor, Span, Tensor], Tensor]] = {
+    "raters": _raters,
+}
+
+
 def query_attention(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float | None,
                     query: str, *, span: Span) -> Tensor:
     """`[B, N]`: attention each key receives from one query row (`QUERY_ROWS[query]`), per
-    example: the real tokens are those the mask lets the last row attend (padded batches)."""
+    example: the real tokens are those the mask lets the last row attend (padded batches); a
+    `PER_ROW_QUERIES` query from every row's own attention (SparseVLM's raters)."""
     b, n = q.shape[0], q.shape[2]
     positions = torch.arange(n, device=q.device)
     last_row = _mask_rows(attn_mask, torch.full((b,), n - 1, device=q.device), torch.float32)
     real = torch.ones(b, n, dtype=torch.bool, device=q.device) if last_row is None else (last_row > NEG_BIAS / 2).expand(b, n)
+    if query in PER_ROW_QUERIES:
+        return PER_ROW_QUERIES[query](_probabilities(q, k, attn_mask, is_causal, scale), positions, span, real).to(q.dtype)
     rows = QUERY_ROWS[query](positions, span, real).expand(b, n)
     weights = rows.to(q.dtype) / rows.sum(dim=1, keepdim=True).to(q.dtype)
     row = (q * weights[:, None, :, None]).sum(dim=2, keepdim=True)
@@ -101,6 +139,8 @@ def weights_attention(weights: Tensor, query: str, *, span: Span) -> Tensor:
     b, n = weights.shape[0], weights.shape[-1]
     received = weights.float().mean(dim=1)  # [B, Nq, Nk]
     real = received[:, -1, :] > 0
+    if query in PER_ROW_QUERIES:
+        return PER_ROW_QUERIES[query](received, torch.arange(n, device=weights.device), span, real).to(weights.dtype)
     rows = QUERY_ROWS[query](torch.arange(n, device=weights.device), span, real).expand(b, n).float()
     return ((received * (rows / rows.sum(dim=1, keepdim=True))[:, :, None]).sum(dim=1)).to(weights.dtype)
 
@@ -122,7 +162,7 @@ def _similarity(x: Tensor, to: str | None, span: Span, features: Tensor | None) 
         text = _text_rows(torch.arange(n, device=x.device), span, torch.ones(1, n, dtype=torch.bool, device=x.device))
         return text_similarity(x, x, text.expand(b, n))
     feats = (x if features is None else features)[:, span[0]:span[1]]
-    a_set = torch.arange(span[1] - span[0], device=x.device) % 2 == 0
+    a_set = torch.arange(span[0], span[1], device=x.device) % 2 == 0  # ToMe's set A: even stream positions
     return _in_span(x, span, bipartite_scores(feats, a_set))
 
 

@@ -4,7 +4,7 @@ Shared by the relaxed (`SiteModule`) and the hard (`HardSite`) form, over the re
 `[B, n]` of one site, with `keep` the retained count (`retain`; a real `[B]` count in the
 relaxed form, an int in the hard form):
 - `into: kept` (default): every kept token may receive (ToMe's similarity score: only set B,
-  the odd span offsets, `bipartite_destinations`);
+  the odd stream positions, `bipartite_destinations`);
 - `into: extra(1)`: EViT's fusion (`Regime.fuse`): the dropped tokens go into ONE new token,
   each weighted by its score (clamped at 0; with attention scores, EViT's attentiveness), and
   no kept token receives. Hard form only: it adds a token (`fuse_refusal`);
@@ -32,9 +32,11 @@ from deos_dsl.ops.params import Param
 Count = int | Tensor
 
 
-def bipartite_destinations(n: int, device: torch.device) -> Tensor:
-    """`[n]` bool: the odd span offsets, ToMe's set B (the only merge destinations)."""
-    return torch.arange(n, device=device) % 2 == 1
+def bipartite_destinations(n: int, device: torch.device, start: int) -> Tensor:
+    """`[n]` bool over a span starting at stream position `start`: the tokens at ODD stream
+    positions, ToMe's set B (the only merge destinations; ToMe alternates over the whole
+    sequence, its class token at 0 in set A)."""
+    return torch.arange(start, start + n, device=device) % 2 == 1
 
 
 def bipartite_min_kept(entering: int | Tensor) -> int | Tensor:
@@ -89,11 +91,12 @@ def _targets(n: int, dominant: Count, contextual: int) -> Count:
 
 
 def transfer_inputs(scores: Tensor, keep: Count, *, fuse: bool, contextual: int, recycle: float | None,
-                    bipartite: bool, temperature: Param = 0.0) -> Transfer:
-    """The `Transfer` of a span with `scores [B, n]` keeping `keep` tokens (module docstring);
-    `contextual` is `n` of `into: extra(n > 1)` (0 otherwise), `temperature` the soft top-k's."""
+                    bipartite: bool, start: int, temperature: Param = 0.0) -> Transfer:
+    """The `Transfer` of a span at stream position `start` with `scores [B, n]` keeping `keep`
+    tokens (module docstring); `contextual` is `n` of `into: extra(n > 1)` (0 otherwise),
+    `temperature` the soft top-k's."""
     n = scores.shape[-1]
-    eligible = bipartite_destinations(n, scores.device) if bipartite else None
+    eligible = bipartite_destinations(n, scores.device, start) if bipartite else None
     weights, targets = None, 0
     if fuse:
         eligible, weights = torch.zeros(n, dtype=torch.bool, device=scores.device), scores.clamp_min(0.0)

@@ -16,14 +16,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from torch import Tensor, fx
 
-from torch import fx
-
+from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
 
 from .blocks import Block
-from .graph_edit import add_key_bias, add_logit_bias, eager_attention_nodes, sdpa_nodes
+from .graph_edit import add_key_bias, add_logit_bias, eager_attention_nodes, insert_before, sdpa_nodes
+from .masking import key_mask
+from .positions import META_LIGHT
 from .site_module import SiteModule
+from .site_scores import query_attention
 
 META_SITE, META_SCORE, META_SDPA = "deos_site", "deos_score", "deos_score_sdpa"
 RELAXED_PREFIX, HARD_PREFIX = "deos_site_", "deos_hard_"
@@ -31,16 +34,30 @@ RELAXED_PREFIX, HARD_PREFIX = "deos_site_", "deos_hard_"
 
 @dataclass(frozen=True)
 class BoundSite:
-    """One searched site: block `block` of the `site_index`-th `site` of the space, at `node`.
+    """One searched site: block `block` of the `site_index`-th `site` of the space, at `node`,
+    the block's stream at `position` (`deos_dsl.compiler.positions`).
 
-    Two `site`s may select the same block (depth percents on a shallow model): both bind, and
-    they reduce one after the other in site order (`meta['deos_site']` is a list).
+    Two sites may bind one node (depth percents on a shallow model; `before` a block and `after`
+    the previous one): both bind, and they reduce one after the other in site order
+    (`meta['deos_site']` is a list).
     """
 
     site_index: int
     selector: str
     block: Block
     node: fx.Node
+    position: str = "after"
+
+    def precedes_attention(self, block: Block) -> bool:
+        """Whether this site reduces the stream before `block`'s attention runs: a site of an
+        earlier block of the same stack, or one `before` this block."""
+        return block.stack == self.block.stack and (
+            self.block.index < block.index or (self.block.index == block.index and self.position == "before"))
+
+    @property
+    def layer(self) -> int:
+        """The last layer of its stack that sees every token: the block's index, one less `before` it."""
+        return self.block.index - (self.position == "before")
 
     @property
     def name(self) -> str:
@@ -76,6 +93,59 @@ def bias_attention(block: Block, bias: fx.Node) -> None:
             user.update_arg(3, False)
     for softmax in [] if fused else eager_attention_nodes(block.nodes):  # scores read its output: biased too
         add_logit_bias(softmax, bias)
+
+
+def light_of(node: fx.Node) -> str | None:
+    """The site whose light attention pass `node` is a copy of (`positions.light_attention`)."""
+    light = node.meta.get(META_LIGHT)
+    return light[0] if light else None
+
+
+def scored_site(node: fx.Node) -> str | None:
+    """The site whose score `node` computes: a score or feature node, or a light-pass copy."""
+    return node.meta.get(META_SCORE) or light_of(node)
+
+
+def before_readers(site: BoundSite, scores: SiteScores) -> set[fx.Node]:
+    """What reads a `before` site's stream as it was BEFORE the site: its light attention pass
+    and the readers of the stream that precede the pass's end (the lengths a stack's first
+    block builds its mask and positions from: the block's side tensors are then gathered like
+    any other's). Empty for a site without a light pass. A TENSOR read of the stream there would
+    have to see the reduced tokens: `DeosCompileError`."""
+    graph = site.node.graph
+    light = {node for node in graph.nodes if light_of(node) == site.name}
+    if not light:
+        return set()
+    last = max(light | {node for node in (scores.score, scores.features) if node is not None})
+    early = {user for user in site.node.users if user < last and user not in light and scored_site(user) is None}
+    tensors = sorted(user for user in early if isinstance(user.meta.get("val"), Tensor))
+    if tensors:
+        raise DeosCompileError(f"site `{site.name}`: `{tensors[0].name}` reads the tokens entering block "
+                               f"`{site.block.path}` before its light attention pass ends, so it cannot read the reduced "
+                               "tokens", "put the site `at: after` the previous block, or score it without attention")
+    return light | early
+
+
+def anchor_for(site: BoundSite, anchor: fx.Node, scores: SiteScores, stream: fx.Node) -> fx.Node:
+    """Where `site`'s call goes: after `anchor` (what defines its `stream` now) and after the
+    score and features it reads (a `before` site's light pass lies between its stream and the
+    block, `before_readers`; a score computed on the stream itself moves with it,
+    `call_on_stream`)."""
+    nodes = [anchor, scores.features]
+    if scores.score is not None and scores.score.args[0] not in (site.node, stream):
+        nodes.append(scores.score)
+    return max(node for node in nodes if node is not None)
+
+
+def bias_light(score: fx.Node, bias: fx.Node) -> None:
+    """Add the key `bias [B, N]` to the attention a `before` site's light pass recomputes (the
+    earlier sites' soft removal, as the block's own attention gets it in `bias_attention`)."""
+    if score.target is query_attention:
+        mask = insert_before(score, key_mask, (bias, score.args[0], score.args[2], score.args[3]))
+        score.update_arg(2, mask)
+        score.update_arg(3, False)
+    else:  # weights_attention of a copied eager softmax
+        add_logit_bias(score.args[0], bias)
 
 
 def is_impure(node: fx.Node) -> bool:

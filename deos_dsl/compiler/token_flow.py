@@ -22,6 +22,11 @@ axis `a >= 1`, batch on axis 0, with the old length `L` on `a`. A node that read
   without `L` ends the flow (a reduction or pooling over the tokens consumes any number of them),
   so does a non-tensor output (a shape or length, read from the reduced tensor at run time) and a
   new tensor made from a carrier's dtype and device (`x.new_ones(...)`).
+A site inside its block (`at: mid`) follows the rest of that block by the glue rules (the MLP
+keeps the token axis); another site's light attention pass (`positions.light_attention`) counts
+as a node of the block it scores for; what reads the site's stream as it was before the site
+(`TokenFlow.before`: its own light pass, the lengths a first block's mask is built from) is
+neither followed nor downstream, so the block's side tensors built from those lengths are gathered.
 A tensor computed after the site FROM it (e.g. a causal mask built from the length read off the
 reduced tokens) already has the reduced length: it is no side tensor, in glue or for a block
 (`TokenFlow.downstream`).
@@ -43,6 +48,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from deos_dsl.errors import DeosCompileError
 
 from .blocks import Block, BlockMap, is_tensor
+from .positions import META_LIGHT
 
 Span = tuple[int, int]
 CATS = (torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)
@@ -113,6 +119,7 @@ class TokenFlow:
     carriers: dict[fx.Node, Carrier]
     downstream: set[fx.Node] = field(default_factory=set)
     sides: list[SideUse] = field(default_factory=list)
+    before: set[fx.Node] = field(default_factory=set)
     bounds: dict[fx.Node, tuple[Any, ...]] = field(default_factory=dict)
     blocks: list[Block] = field(default_factory=list)
 
@@ -191,20 +198,29 @@ def _index_items(index: Any, ndim: int) -> dict[int, tuple[int | None, Any, int 
 class _Walk:
     """One walk from a site (module docstring); `flow` holds the result."""
 
-    def __init__(self, block_map: BlockMap, start: fx.Node, span: Span) -> None:
-        self.flow = TokenFlow(start, {start: Carrier(1, span, Same(None))})
+    def __init__(self, block_map: BlockMap, start: fx.Node, span: Span, before: set[fx.Node]) -> None:
+        self.flow = TokenFlow(start, {start: Carrier(1, span, Same(None))}, before=before)
         self.stacked = {node: block for stack in block_map.stacks for block in stack.blocks for node in block.nodes}
+        paths = {block.path: block for block in block_map.blocks()}
+        for node in start.graph.nodes:  # another site's light pass reads its block's stream and side tensors as the block
+            if META_LIGHT in node.meta and node not in before:
+                self.stacked[node] = paths[node.meta[META_LIGHT][1]]
         self.entered = {self.stacked[start].path} if start in self.stacked else set()
+        # a site inside its block (`at: mid`): the rest of that block is followed as glue
+        self.inside = self.stacked[start] if start in self.stacked and start is not self.stacked[start].exit else None
 
     def run(self) -> TokenFlow:
         node, downstream = self.flow.start.next, self.flow.downstream
         downstream.add(self.flow.start)
         while node.op != "root":
+            if node in self.flow.before:  # reads the stream as it was before the site
+                node = node.next
+                continue
             if any(arg in downstream for arg in node.all_input_nodes):
                 downstream.add(node)
             inputs = [arg for arg in node.all_input_nodes if arg in self.flow.carriers]
             if inputs and node.op != "output" and node.target not in FACTORIES:
-                if node in self.stacked:
+                if node in self.stacked and self.stacked[node] is not self.inside:
                     self._block(node, self.stacked[node], inputs)
                 else:
                     self._glue(node, inputs)
@@ -358,7 +374,8 @@ class _Walk:
         self.flow.carriers[node] = Carrier(axis, span or self.flow.carriers[source].span, derivation)
 
 
-def token_flow(block_map: BlockMap, start: fx.Node, span: Span) -> TokenFlow:
+def token_flow(block_map: BlockMap, start: fx.Node, span: Span, before: set[fx.Node] | None = None) -> TokenFlow:
     """Follow the tokens of a site at stream node `start` with reducible `span` (module
-    docstring); raises `DeosCompileError` at the first consumer that cannot be re-bound."""
-    return _Walk(block_map, start, span).run()
+    docstring; `before`: the nodes that read `start` as it was before the site, `sites.before_readers`);
+    raises `DeosCompileError` at the first consumer that cannot be re-bound."""
+    return _Walk(block_map, start, span, before or set()).run()

@@ -9,9 +9,10 @@
 - inside a block, the length is what its entry stream carries (`lengths[block]`): its side
   tensors (masks, RoPE tables, position ids; their axes past the batch with the stream's dense
   length) and the SymInts it reads are re-expressed in it;
-- at each bound site (a block's exit) the reducible tokens entering it (`entering`: the
+- at each bound site (its stream node: a block's exit, entry or `mid`) the reducible tokens entering it (`entering`: the
   previous site's symbol on the stack, or the part of the length carrying the span) become the
-  site's symbol: every reader but the site's own score reads `length - entering + N_site`.
+  site's symbol: every reader but the site's own score reads `length - entering + N_site`; a
+  `before` site's light attention pass reads its block's side tensors at the length before it.
 A site's score nodes and its operator (`SiteTokens.operator`) are its OVERHEAD, paid when it is
 active.
 """
@@ -27,7 +28,8 @@ from torch import fx
 
 from deos_dsl.compiler.blocks import Block, BlockMap, module_paths
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.sites import META_SCORE, BoundSite, SiteScores
+from deos_dsl.compiler.positions import META_LIGHT
+from deos_dsl.compiler.sites import BoundSite, SiteScores, light_of, scored_site
 
 from .formulas import Conventions, operator_flops
 from .propagate import Costs, Propagation
@@ -78,8 +80,8 @@ class TokenPropagation(Propagation):
         self.owner = self._owners()
         self.side = {block.path: {s.node for s in block.side} for block in block_map.blocks()}
         self.reads = {block.path: set(block.length_reads) for block in block_map.blocks()}
-        self.lengths: dict[str, sympy.Expr] = {}
-        self._block_natives: dict[str, dict[sympy.Symbol, sympy.Expr]] = {}
+        self.lengths: dict[tuple[str, str | None], sympy.Expr] = {}
+        self._block_natives: dict[tuple[str, str | None], dict[sympy.Symbol, sympy.Expr]] = {}
         taken: set[str] = set()
         self.sites: list[SiteTokens] = []
         self._pending = {site.name: site_symbol(site.block.role, site.block.index, site.block.path, taken) for site in sites}
@@ -107,53 +109,60 @@ class TokenPropagation(Propagation):
         return natives
 
     def _owners(self) -> dict[fx.Node, Block]:
-        """The block of every node: the block map's, else the outermost block on its module stack."""
+        """The block of every node: the block map's, else the outermost block on its module stack
+        (a light attention pass: the block it copies)."""
         paths = {block.path: block for block in self.block_map.blocks()}
         owner: dict[fx.Node, Block] = {}
         for node in self.block_map.graph_module.graph.nodes:
-            block = self.block_map.block_of(node) or next((paths[p] for p in module_paths(node) if p in paths), None)
+            light = node.meta.get(META_LIGHT)
+            block = paths[light[1]] if light else \
+                self.block_map.block_of(node) or next((paths[p] for p in module_paths(node) if p in paths), None)
             if block is not None:
                 owner[node] = block
         return owner
 
     # ---- block context --------------------------------------------------------------------------
-    def length(self, block: Block) -> sympy.Expr:
-        """The symbolic length of `block`'s stream (what its entry carries, after any site)."""
-        if block.path not in self.lengths:
-            self.lengths[block.path] = self._stream(block.entry, None).exprs[1]
-        return self.lengths[block.path]
+    def length(self, block: Block, light: str | None = None) -> sympy.Expr:
+        """The symbolic length of `block`'s stream (what its entry carries, after any site; for
+        the light attention pass of site `light`, before that site)."""
+        key = (block.path, light)
+        if key not in self.lengths:
+            self.lengths[key] = self._stream(block.entry, light).exprs[1]
+        return self.lengths[key]
 
-    def natives_of(self, block: Block | None) -> dict[sympy.Symbol, sympy.Expr]:
-        """SymInt substitutions inside `block` (its own length), or the global ones."""
+    def natives_of(self, block: Block | None, light: str | None = None) -> dict[sympy.Symbol, sympy.Expr]:
+        """SymInt substitutions inside `block` (its own length, `length`), or the global ones."""
         if block is None:
             return self.global_natives
-        if block.path not in self._block_natives:
+        key = (block.path, light)
+        if key not in self._block_natives:
             raw = _raw(block.entry.meta["val"].shape[1])
             local = dict(self.global_natives)
             if raw is not None and len(raw.free_symbols) == 1:
                 (symbol,) = raw.free_symbols
-                local[symbol] = sympy.solve(raw - self.length(block), symbol)[0]
-            self._block_natives[block.path] = local
-        return self._block_natives[block.path]
+                local[symbol] = sympy.solve(raw - self.length(block, light), symbol)[0]
+            self._block_natives[key] = local
+        return self._block_natives[key]
 
-    def _stream(self, node: fx.Node, user: fx.Node | None) -> Any:
-        """`node`'s value as `user` reads it: after the sites on `node`, except for their own scores."""
+    def _stream(self, node: fx.Node, reader: str | None) -> Any:
+        """`node`'s value as site `reader`'s score reads it (before that site), else after every site on it."""
         chain = self.chains.get(node)
         if chain is None:
             return self.values[node]
         names = [site.name for site in self.by_node[node]]
-        score_of = user.meta.get(META_SCORE) if user is not None else None
-        return chain[names.index(score_of)] if score_of in names else chain[-1]
+        return chain[names.index(reader)] if reader in names else chain[-1]
 
-    def _rebased(self, node: fx.Node, value: Any, block: Block) -> Any:
-        """An outside value read in `block`: SymInts in the block's length, side tensors' token axes too."""
+    def _rebased(self, node: fx.Node, value: Any, block: Block, light: str | None) -> Any:
+        """An outside value read in `block` (or its light pass for site `light`): SymInts in the
+        block's length, side tensors' token axes too."""
         meta = node.meta.get("val")
         dense = hint(block.entry.meta["val"].shape[1])
+        natives = self.natives_of(block, light)
         if isinstance(value, sympy.Expr):
             raw = _raw(meta)
             if raw is not None:
-                return raw.xreplace(self.natives_of(block))
-            return self.length(block) if node in self.reads[block.path] and meta == dense else value
+                return raw.xreplace(natives)
+            return self.length(block, light) if node in self.reads[block.path] and meta == dense else value
         if not isinstance(value, Dims) or not isinstance(meta, torch.Tensor):
             return value
         side = node in self.side[block.path]
@@ -161,26 +170,26 @@ class TokenPropagation(Propagation):
         for k, (expr, size) in enumerate(zip(value.exprs, meta.shape)):
             raw = _raw(size)
             if raw is not None:
-                expr = raw.xreplace(self.natives_of(block))
+                expr = raw.xreplace(natives)
             elif side and k >= 1 and value.values[k] == dense:
-                expr = self.length(block)
+                expr = self.length(block, light)
             exprs.append(expr)
         return Dims(tuple(exprs), value.values)
 
     # ---- hooks ------------------------------------------------------------------------------------
     def read(self, user: fx.Node, node: fx.Node) -> Any:
-        value = self._stream(node, user)
+        value = self._stream(node, scored_site(user))
         block = self.owner.get(user)
         if block is None or self.owner.get(node) is block or node is block.entry:
             return value
-        return self._rebased(node, value, block)
+        return self._rebased(node, value, block, light_of(user))
 
     def compute(self, gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Costs]:
-        self.natives = self.natives_of(self.owner.get(node))
+        self.natives = self.natives_of(self.owner.get(node), light_of(node))
         return super().compute(gm, node)
 
     def settle(self, node: fx.Node, value: Any) -> Any:
-        self.natives = self.natives_of(self.owner.get(node))
+        self.natives = self.natives_of(self.owner.get(node), light_of(node))
         value = super().settle(node, value)
         if isinstance(value, Dims) and value.ndim >= 2 and value.values[0] == self.batch and (
                 node.op == "placeholder" or node in self.seeds):

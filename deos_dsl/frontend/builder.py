@@ -110,6 +110,7 @@ class Builder(Transformer):
 
     # ---- rules that map one-to-one onto an entry or a node --------------------------------
     reducible_entry = _entry("reducible")
+    at_entry = _entry("at")
     activate_entry = _entry("activate")
     retain_entry = _entry("retain")
     score_entry = _entry("score")
@@ -186,7 +187,7 @@ class Builder(Transformer):
     def _keyword(self, meta: Meta, children: list[Token]) -> str:
         return str(children[0])
 
-    protected_kind = corner = regime_name = scale = switch = affinity = _keyword
+    protected_kind = corner = regime_name = scale = switch = affinity = position = _keyword
     task = optimizer = relaxation = schedule = policy_number = number_setting = unit = _keyword
 
     # ---- sites ----------------------------------------------------------------------------

@@ -96,8 +96,15 @@ def _index_item(item: ir.Node) -> str:
 
 
 def format_site_key(selectors: list[ir.Node]) -> str:
-    """The canonical selector list of a site: its identity for `extends` overrides."""
+    """The canonical selector list of a site."""
     return ", ".join(format_selector(s) for s in selectors)
+
+
+def site_identity(site: ir.Site) -> str:
+    """A site's identity for `extends` overrides and the duplicate check: its selector list and,
+    when written, its `at:` (two sites may reduce one block at two positions)."""
+    key = format_site_key(site.selectors)
+    return key if site.at is None else f"{key} (at: {site.at})"
 
 
 def _range(lo: ir.Node, hi: ir.Node, init: ir.Node) -> str:

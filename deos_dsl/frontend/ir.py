@@ -302,16 +302,27 @@ class Operator(Node):
 SETTINGS = fields_of(Operator)[1:]  # everything after `form`
 
 
-class SiteSettings(Node):
-    """The four per-site settings; all optional in text, all set after resolution."""
+Position = Literal["before", "mid", "after"]
 
+
+class SiteSettings(Node):
+    """The per-site settings; all optional in text, all but `at` set after resolution. `at`:
+    where in each selected block the site reduces (`position`)."""
+
+    at: Position | None = None
     activate: Activate | None = None
     retain: Retain | None = None
     score: Score | None = None
     operator: Operator | None = None
 
+    @property
+    def position(self) -> Position:
+        """`before` the block (the stream entering it), `mid` (between its attention and its
+        MLP, after the attention's residual add) or `after` it (its output: the default)."""
+        return self.at or "after"
 
-SITE_FIELDS = ("activate", "retain", "score", "operator")
+
+SITE_FIELDS = ("at", "activate", "retain", "score", "operator")
 
 
 class Defaults(SiteSettings):

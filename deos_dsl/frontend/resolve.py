@@ -16,7 +16,7 @@ from deos_dsl.errors import Diagnostic
 from . import ir
 from .diagnostics import report, suggest
 from .fold import Folder
-from .formatter import format_selector, format_site_key
+from .formatter import format_selector, format_site_key, site_identity
 from .loader import Program
 
 N = TypeVar("N", bound=ir.Node)
@@ -44,9 +44,9 @@ def constraint_key(constraint: ir.Constraint) -> tuple[str, str, str]:
 
 def merge(parent: ir.Space, child: ir.Space) -> ir.Space:
     """The child space as an override of its (already merged) parent."""
-    sites = {format_site_key(s.selectors): s for s in parent.sites}
+    sites = {site_identity(s): s for s in parent.sites}
     for site in child.sites:
-        key = format_site_key(site.selectors)
+        key = site_identity(site)
         sites[key] = overlay(sites.get(key), site)
     constraints = {constraint_key(c): c for c in parent.constraints}
     constraints.update((constraint_key(c), c) for c in child.constraints)
@@ -153,7 +153,7 @@ def complete(space: ir.Space, diagnostics: list[Diagnostic]) -> ir.Space:
             value = getattr(site, field) or getattr(defaults, field)
             if value is None and field == "activate":
                 value = ir.ActivateFixed(on=True)
-            if value is None:
+            if value is None and field != "at":  # no `at`: the block's output (`SiteSettings.position`)
                 report(diagnostics, site, f"site `{format_site_key(site.selectors)}` has no `{field}`",
                        f"set `{field}:` in the site or in a `defaults` block")
             updates[field] = value

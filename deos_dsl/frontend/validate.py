@@ -15,7 +15,7 @@ from deos_dsl.errors import Diagnostic
 from . import ir
 from .diagnostics import report, suggest
 from .fold import is_poison
-from .formatter import format_constraint, format_number, format_site_key
+from .formatter import format_constraint, format_number, site_identity
 from .regime import settings_of
 from .resolve import constraint_key
 from .vocab import CORNERS
@@ -24,8 +24,9 @@ BLOCK_LISTS = ("vision.layers", "decoder.layers", "projector")
 MODULE_PATTERN = re.compile(r"^(\*\*|[A-Za-z0-9_*?]+)(\.(\*\*|[A-Za-z0-9_*?]+))*$")
 RATIO_UNITS = ("", "%")
 FLOP_UNITS = ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP")
-# Domain of each regime parameter: (low, high, low excluded).
-DOMAINS = {"gamma": (0.0, 1.0, False), "tau": (0.0, math.inf, True), "theta": (0.0, 1.0, False),
+# Domain of each regime parameter: (low, high, low excluded). A fixed tau may be 0 (the exact
+# hard assignment, as on the `merge` corner); a learned one stays above it.
+DOMAINS = {"gamma": (0.0, 1.0, False), "tau": (0.0, math.inf, False), "theta": (0.0, 1.0, False),
            "rho": (0.0, math.inf, False), "nu": (0.0, 1.0, False)}
 
 SHARP_CORNER = next(corner.name for corner in CORNERS.values() if corner.values["tau"] == 0)
@@ -172,12 +173,14 @@ class Validator:
 
     def param(self, name: str, param: ir.Node) -> None:
         low, high, low_open = DOMAINS[name]
-        hint = f"the limit tau -> 0 is the `{SHARP_CORNER}` corner" if name == "tau" else None
         if isinstance(param, ir.FixedParam):
-            self.bounded(param.value, f"`{name}`", low, high, low_open, hint)
+            self.bounded(param.value, f"`{name}`", low, high, low_open)
             return
+        hint = f"a learned tau stays above 0: the limit tau -> 0 is a fixed `tau: 0` (the `{SHARP_CORNER}` corner's)" \
+            if name == "tau" else None
         assert isinstance(param, ir.LearnedParam)
-        lo, hi, init = (self.bounded(n, f"`{name}`", low, high, low_open or param.scale == "log", hint) for n in (param.lo, param.hi, param.init))
+        open_low = low_open or param.scale == "log" or name == "tau"
+        lo, hi, init = (self.bounded(n, f"`{name}`", low, high, open_low, hint) for n in (param.lo, param.hi, param.init))
         if hi is not None and math.isinf(hi):
             self.error(param.hi, f"a learned `{name}` needs a finite upper bound")
             hi = None
@@ -279,7 +282,7 @@ class Validator:
         """Checks on a space as written: the same site or constraint twice in one body."""
         seen: dict[str, ir.Site] = {}
         for site in decl.sites:
-            key = format_site_key(site.selectors)
+            key = site_identity(site)
             if key in seen:
                 self.error(site, f"site `{key}` is declared twice in space `{decl.name}`", "merge the two blocks")
             seen[key] = site

@@ -97,7 +97,7 @@ class Score:
 
 
 SCORES: dict[str, Score] = {score.name: score for score in (
-    Score("attention", "query", ("last", "text", "cls"), attention=True),
+    Score("attention", "query", ("last", "text", "cls", "raters"), attention=True),
     Score("similarity", "to", ("text", "tokens"), bipartite=("tokens",)),
     Score("norm"),
     Score("position", grid=True),

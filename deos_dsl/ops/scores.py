@@ -46,6 +46,19 @@ def attention_from_query(
     return torch.softmax(logits, dim=-1).mean(dim=(1, 2))
 
 
+def rater_scores(probabilities: Tensor, text: Tensor, span: tuple[int, int]) -> Tensor:
+    """SparseVLM's text raters: of the `text [B, Nq]` query rows of the attention
+    `probabilities [B, Nq, Nk]` (head-mean), the raters are those whose relevance to the visual
+    keys `span` (their mean probability there) is at least the mean relevance of the text rows;
+    each key scores the mean probability the raters give it. Returns `[B, Nk]`."""
+    rows = text.to(probabilities.dtype)
+    relevance = probabilities[:, :, span[0]:span[1]].mean(dim=-1)  # [B, Nq]
+    mean = (relevance * rows).sum(dim=1, keepdim=True) / rows.sum(dim=1, keepdim=True).clamp_min(1.0)
+    raters = rows * (relevance >= mean).to(rows.dtype)
+    weights = raters / raters.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return (probabilities * weights[:, :, None]).sum(dim=1)
+
+
 def hidden_norm(x: Tensor) -> Tensor:
     """L2 norm of each hidden state: `[B, N, D] -> [B, N]`."""
     return x.norm(dim=-1)

@@ -17,7 +17,8 @@ entering tokens, or a fixed count / drop).
 Quantities (shares of the chain's reducible span `n`, whatever unit the bound is written in):
 - `tokens.mean`: the LAYER-AVERAGED share of reducible tokens entering the layers of the
   budget stack (the decoder; a vision-only model's encoder), as SparseVLM counts budgets:
-  `mean_l entering_l / n`, where a site at the OUTPUT of layer `j` changes layers `> j` and a
+  `mean_l entering_l / n`, where a site at the output of layer `j` (or between its attention
+  and MLP, `at: mid`) changes layers `> j`, one `before` layer `j` layers `>= j`, and a
   projector site every layer;
 - `tokens.after(SELECTOR)`: the share leaving each selected block (one limit per block);
 - `flops`: the cost model's FLOPs at the counts leaving each site and the sites' gates (`FlopsModel`).
@@ -58,7 +59,8 @@ class FlopsModel(Protocol):
 
 @dataclass(frozen=True)
 class FlowSite:
-    """One site on its chain: `layer` is its block index (`-1`: a projector, before every layer)."""
+    """One site on its chain: `layer` is the last layer that sees all its tokens (`BoundSite.layer`;
+    `-1`: a projector, before every layer)."""
 
     name: str
     chain: str
@@ -131,7 +133,7 @@ class TokenFlow:
             on_projector = projector is not None and site.block is projector
             chain = (decoder.prefix if decoder else site.block.path) if on_projector else site.block.stack
             start, end = scores[site.name].span
-            flow_sites.append(FlowSite(site.name, chain, -1 if on_projector else site.block.index, end - start))
+            flow_sites.append(FlowSite(site.name, chain, -1 if on_projector else site.layer, end - start))
         chain = budget.prefix if budget else ""
         span = block_map.spans.get(budget.role or "") if budget else None
         on_chain = [s.n for s in flow_sites if s.chain == chain]

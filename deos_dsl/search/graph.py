@@ -33,6 +33,7 @@ from torch.utils import _pytree as pytree
 
 from deos_dsl.compiler.blocks import Block, BlockMap, build_block_map
 from deos_dsl.compiler.models import LoadedModel
+from deos_dsl.compiler.positions import site_stream
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, placeholder_values, trace
@@ -174,7 +175,9 @@ def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
     _flat_io(dense_map.traced)
     _expose(dense_map.graph_module, _last_block(dense_map).exit)
     first = next(block for block in dense_map.blocks() if block.path == sites[0].block.path)
-    _cut_before(dense_map.graph_module, first.exit)
+    stream = site_stream(first, sites[0].position)
+    assert stream is not None, "the same model binds the same position"
+    _cut_before(dense_map.graph_module, stream)
     flow = TokenFlow.of(block_map, sites, bound.scores)
     length = int(last.exit.meta["val"].shape[1])
     span = block_map.spans.get(last.role or "") or (0, 0)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from deos_dsl.embedded.vqa import FAMILIES
 
+from .notes import notes_markdown
 from .run import BASELINE, DENSE, SEARCH, Entry, budget_label
 
 
@@ -98,6 +99,8 @@ def table_markdown(entries: list[Entry], meta: dict[str, Any]) -> str:
     lines += ["", "| budget | schedule | tokens.mean | GFLOPs | overall | " + " | ".join(FAMILIES) + " | how |",
               "| --- " * (6 + len(FAMILIES)) + "|"]
     lines += [_row(e) for e in entries]
+    notes = notes_markdown(list(meta["baselines"]))
+    lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
 
 

@@ -120,6 +120,18 @@ class FixedLength(nn.Module):
         return self.encoder(x)
 
 
+# a vision space that needs no attention (FixedLength's blocks mix tokens with a Linear): every
+# encoder layer prunes half its tokens by norm
+VISION_PRUNE = """space vision_prune {
+  site vision.layers[*] {
+    retain: 50%
+    score: norm
+    operator: prune
+  }
+}
+"""
+
+
 def fixed_length() -> LoadedModel:
     """A `module:` factory: `FixedLength`, which no emit route can reduce."""
     torch.manual_seed(0)

@@ -5,10 +5,10 @@ later blocks, ToMe's `+ log size`) the block re-run by hand.
 
 - scores: `row_attention`, the softmax attention the keys receive from ONE query row (the last
   token, CLS = row 0, or the MEAN of the text queries: the tokens after the visual span), mean
-  over heads (the language's `attention(query: ...)`);
+  over heads (the language's `attention(query: ...)`); `rater_attention`, SparseVLM's text raters;
 - decoder corners (`VisualSpan`): per decoder layer, a `LayerReduce(out, q, k, scale) ->
-  (out', kept)` over the visual span: `prune` (FastV, PyramidDrop, SparseVLM v2), `reweight`,
-  `recycle` (SparseVLM v1), with the token sizes carried from site to site; drivers
+  (out', kept)` over the visual span: `prune` (FastV, PyramidDrop, SparseVLM without recycling), `reweight`,
+  `recycle` (SparseVLM), with the token sizes carried from site to site; drivers
   `llama_decoder_reference` (HF Llama / Qwen2) and `embedded_decoder` (forward hooks);
 - vision corners: per encoder layer, a `VisionStep(out, cls attention, head-mean keys, sizes)
   -> (out', kept, sizes')`: `tome`, `evit`, `visionzip`, `cls_prune`; drivers `embedded_vision`
@@ -57,6 +57,20 @@ def row_attention(q: Tensor, k: Tensor, scale: float, rows: slice, bias: Tensor 
     return torch.softmax(logits, dim=-1).mean(dim=(1, 2))
 
 
+def rater_attention(q: Tensor, k: Tensor, scale: float, start: int, n_visual: int) -> Tensor:
+    """`[B, N]`: SparseVLM's rating of the keys. Every query row's causal softmax attention (mean
+    over heads); the text rows (after the visual span `[start, start + n_visual)`) whose mean
+    attention to the visual tokens is at least the text rows' mean are the raters; a key scores
+    the raters' mean attention to it."""
+    n = q.shape[2]
+    logits = (q @ k.transpose(-1, -2) * scale).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
+    attention = torch.softmax(logits, dim=-1).mean(dim=1)  # [B, N, N]
+    text = attention[:, start + n_visual:]
+    relevance = text[:, :, start:start + n_visual].mean(dim=-1)  # [B, T]
+    raters = relevance >= relevance.mean(dim=1, keepdim=True)
+    return torch.stack([text[i][raters[i]].mean(dim=0) for i in range(q.shape[0])])
+
+
 def prune_plan(scores: Tensor, start: int, n_visual: int, keep: int) -> Tensor:
     """Kept positions `[B, n']`: everything outside the visual span plus its top-`keep`, in order."""
     b, n = scores.shape
@@ -67,7 +81,7 @@ def prune_plan(scores: Tensor, start: int, n_visual: int, keep: int) -> Tensor:
 
 # ---- decoder corners over the visual span ---------------------------------------------------
 def prune(x: Tensor, sizes: Tensor, scores: Tensor, ratio: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep the `ceil(ratio * n)` best-scored span tokens, in order (FastV, PyramidDrop, SparseVLM v2)."""
+    """Keep the `ceil(ratio * n)` best-scored span tokens, in order (FastV, PyramidDrop, SparseVLM without recycling)."""
     top = scores.topk(keep_of(ratio, scores.shape[1]), dim=-1).indices.sort(dim=-1).values
     return take(x, top), sizes.gather(1, top), top
 
@@ -82,7 +96,7 @@ def reweight(rho: float) -> SpanOperator:
 
 
 def recycle(share: float, tau: float) -> SpanOperator:
-    """SparseVLM v1: keep the `ceil(ratio * n)` best span tokens; of the dropped ones, the best
+    """SparseVLM: keep the `ceil(ratio * n)` best span tokens; of the dropped ones, the best
     `ceil(share * dropped)` go to the kept tokens with `softmax_i(cos(h_j, h_i) / tau)` on the
     hidden states, merged size-weighted (sizes grow); prune the rest."""
     def operator(x: Tensor, sizes: Tensor, scores: Tensor, ratio: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,8 +124,10 @@ class VisualSpan:
         query (computed once on the layer's input)."""
         def reduce(out: Tensor, q: Tensor, k: Tensor, scale: float) -> tuple[Tensor, Tensor]:
             b, n = out.shape[:2]
-            rows = slice(-1, None) if query == "last" else slice(self.start + self.n, None)
-            scores = row_attention(q, k, scale, rows)
+            if query == "raters":
+                scores = rater_attention(q, k, scale, self.start, self.n)
+            else:
+                scores = row_attention(q, k, scale, slice(-1, None) if query == "last" else slice(self.start + self.n, None))
             sizes = torch.ones(b, n) if self.sizes is None else self.sizes
             kept = torch.arange(n).expand(b, -1)
             for ratio in ratios:
@@ -129,26 +145,36 @@ class VisualSpan:
         return reduce
 
 
-def llama_decoder_reference(lm: nn.Module, h: Tensor, reduce: Mapping[int, LayerReduce]) -> Tensor:
-    """A Llama/Qwen2 decoder `lm` on `h` with `reduce[i](output, q, k, scale)` after layer `i`
-    (`q`, `k` its post-RoPE queries and keys on its input, key heads repeated), RoPE positions
-    and the causal mask following the kept tokens."""
+def llama_decoder_reference(lm: nn.Module, h: Tensor, reduce: Mapping[int, LayerReduce], at: str = "after") -> Tensor:
+    """A Llama/Qwen2 decoder `lm` on `h` with `reduce[i](stream, q, k, scale)` after layer `i`
+    (`at="before"`: on the stream ENTERING layer `i`, PyramidDrop's light attention pass), `q`,
+    `k` layer `i`'s post-RoPE queries and keys on its input (key heads repeated); RoPE positions
+    and the causal mask follow the kept tokens."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
     b, n, _ = h.shape
     cos, sin = lm.rotary_emb(h, torch.arange(n)[None])
     positions = torch.arange(n).expand(b, n)
-    for index, layer in enumerate(lm.layers):
-        c, s = take(cos.expand(b, -1, -1), positions), take(sin.expand(b, -1, -1), positions)
+
+    def qk(layer: nn.Module, h: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor, float]:
+        attn, x = layer.self_attn, layer.input_layernorm(h)
+        shape = (b, h.shape[1], -1, attn.head_dim)
+        q, k = apply_rotary_pos_emb(attn.q_proj(x).view(shape).transpose(1, 2), attn.k_proj(x).view(shape).transpose(1, 2), c, s)
+        return q, repeat_kv(k, attn.num_key_value_groups), attn.scaling
+
+    def rows(positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mask = (positions[:, :, None] >= positions[:, None, :])[:, None]  # causal over original positions
+        return take(cos.expand(b, -1, -1), positions), take(sin.expand(b, -1, -1), positions), mask
+
+    for index, layer in enumerate(lm.layers):
+        c, s, mask = rows(positions)
+        if index in reduce and at == "before":
+            h, kept = reduce[index](h, *qk(layer, h, c, s))
+            positions = positions.gather(1, kept)
+            c, s, mask = rows(positions)
         out = layer(h, attention_mask=mask, position_embeddings=(c, s))
-        if index in reduce:
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            shape = (b, h.shape[1], -1, attn.head_dim)
-            q, k = attn.q_proj(x).view(shape).transpose(1, 2), attn.k_proj(x).view(shape).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, c, s)
-            out, kept = reduce[index](out, q, repeat_kv(k, attn.num_key_value_groups), attn.scaling)
+        if index in reduce and at == "after":
+            out, kept = reduce[index](out, *qk(layer, h, c, s))
             positions = positions.gather(1, kept)
         h = out
     return lm.norm(h)
@@ -174,9 +200,27 @@ def embedded_qk(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, float]:
     return q, k, (d // heads) ** -0.5
 
 
-def embedded_decoder(layers: nn.ModuleList, reduce: Mapping[int, LayerReduce]):
+@contextmanager
+def reduced_before(layers: nn.ModuleList, reduce: Mapping[int, LayerReduce]) -> Iterator[None]:
+    """While inside, layer `i` runs on `reduce[i](its input, q, k, scale)`, ranked by its own
+    attention on that input (a light pass of its q and k)."""
+    def before(layer: nn.Module, args: tuple[Tensor, ...], f: LayerReduce) -> tuple[Tensor, ...]:
+        return (f(args[0], *embedded_qk(layer, args[0]))[0], *args[1:])
+    hooks = [layers[i].register_forward_pre_hook(lambda module, args, f=f: before(module, args, f)) for i, f in reduce.items()]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def embedded_decoder(layers: nn.ModuleList, reduce: Mapping[int, LayerReduce], at: str = "after"):
     """`reduced_after` the embedded decoder's layers: `reduce[i](output, q, k, scale)` on layer `i`'s
-    attention (its causal mask follows the kept tokens: they stay in order)."""
+    attention (its causal mask follows the kept tokens: they stay in order); `at="before"`:
+    `reduced_before`."""
+    if at == "before":
+        return reduced_before(layers, reduce)
+
     def after(layer: nn.Module, f: LayerReduce) -> Callable[[Tensor, Tensor], Tensor]:
         return lambda x, out: f(out, *embedded_qk(layer, x))[0]
     return reduced_after(layers, {i: after(layers[i], f) for i, f in reduce.items()})
@@ -185,28 +229,32 @@ def embedded_decoder(layers: nn.ModuleList, reduce: Mapping[int, LayerReduce]):
 # ---- vision corners -----------------------------------------------------------------------
 def tome_merge(x: Tensor, size: Tensor, index: Tensor, keys: Tensor, start: int,
                r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """ToMe after one layer on the tokens from `start` on (those before, a CLS, stay): bipartite
-    matching on the head-mean `keys [B, N, dh]` (even offsets merge into odd ones), the `r` most
-    similar even tokens averaged, weighted by `size [B, N]`, into their best odd match. Returns
-    `x [B, N - r, D]`, the sizes and each token's original position `index` (a merged token's
-    is its destination's)."""
-    metric = F.normalize(keys[:, start:], dim=-1)
-    a, bb = metric[:, 0::2], metric[:, 1::2]
-    best, dest = (a @ bb.transpose(-1, -2)).max(dim=-1)
+    """ToMe's bipartite soft matching as its paper describes it, the tokens before `start` (a CLS)
+    protected: the sequence alternates into sets A (even positions) and B (odd); on the
+    head-mean `keys [B, N, dh]`, each A token's best cosine match in B; the `r` A tokens with the
+    most similar matches (a protected token never) are averaged, weighted by `size [B, N]`, into
+    their match. Returns `x [B, N - r, D]` in the original order, the sizes and each token's
+    original position `index` (a merged token's is its destination's)."""
+    metric = F.normalize(keys, dim=-1)
+    similarity = metric[:, 0::2] @ metric[:, 1::2].transpose(-1, -2)
+    a_positions, b_positions = torch.arange(0, x.shape[1], 2), torch.arange(1, x.shape[1], 2)
+    similarity[:, a_positions < start] = -math.inf
+    similarity[:, :, b_positions < start] = -math.inf
+    best, dest = similarity.max(dim=-1)
     merged = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # most similar A tokens go
     out_x, out_size, out_index = [], [], []
     for i in range(x.shape[0]):
-        tokens, sizes = x[i, start:].clone(), size[i, start:].clone()
-        weighted = tokens * sizes[:, None]
-        gone = set(merged[i].tolist())
+        weighted, sizes = x[i] * size[i][:, None], size[i].clone()
         for j in merged[i].tolist():
-            target = 2 * int(dest[i, j]) + 1
-            weighted[target] += weighted[2 * j]
-            sizes[target] += sizes[2 * j]
-        keep = [p for p in range(tokens.shape[0]) if not (p % 2 == 0 and p // 2 in gone)]
-        out_x.append(torch.cat([x[i, :start], weighted[keep] / sizes[keep][:, None]]))
-        out_size.append(torch.cat([size[i, :start], sizes[keep]]))
-        out_index.append(torch.cat([index[i, :start], index[i, start:][keep]]))
+            source, target = int(a_positions[j]), int(b_positions[dest[i, j]])
+            weighted[target] += weighted[source]
+            sizes[target] += sizes[source]
+        gone = {int(a_positions[j]) for j in merged[i].tolist()}
+        keep = [p for p in range(x.shape[1]) if p not in gone]
+        out_x.append(torch.where(torch.arange(x.shape[1])[keep, None] < start, x[i, keep],
+                                 weighted[keep] / sizes[keep][:, None]))
+        out_size.append(sizes[keep])
+        out_index.append(index[i, keep])
     return torch.stack(out_x), torch.stack(out_size), torch.stack(out_index)
 
 
@@ -235,11 +283,11 @@ def evit(start: int, ratio: float) -> VisionStep:
 
 
 def visionzip(start: int, ratio: float, contextual: int) -> VisionStep:
-    """VisionZip at a block output, one image at a time, with the merge corner's normalisation:
-    the tokens before `start`; of those after it, the `ceil(ratio * n)` dominant ones the CLS row
-    attends most and `contextual` targets (every `n_rest // contextual`-th of the others, in
-    order); every other token joins the target its key is most similar to, and a target with
-    joiners becomes `(target + mean(joiners)) / 2`. Original order."""
+    """VisionZip at a block output, one image at a time, as its release computes it: the tokens
+    before `start`; of those after it, the `ceil(ratio * n)` dominant ones the CLS row attends
+    most and `contextual` targets (every `n_rest // contextual`-th of the others, in order); every
+    other token joins the target its key is most similar to, and a target becomes
+    `target + mean(joiners)` (itself without joiners). Original order."""
     def step(out: Tensor, attention: Tensor, keys: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         rows, kept = [], []
         for image in range(out.shape[0]):
@@ -253,7 +301,7 @@ def visionzip(start: int, ratio: float, contextual: int) -> VisionStep:
             tokens = {p: x[p] for p in chosen}
             for slot, target in enumerate(targets):
                 joiners = [p for p, t in zip(others, nearest) if t == slot]
-                tokens[target] = (x[target] + x[joiners].mean(dim=0)) / 2 if joiners else x[target]
+                tokens[target] = x[target] + x[joiners].mean(dim=0) if joiners else x[target]
             rows.append(torch.cat([out[image, :start], torch.stack([tokens[p] for p in sorted(tokens)])]))
             kept.append(torch.tensor([*range(start), *(start + p for p in sorted(tokens))]))
         kept_t = torch.stack(kept)
@@ -269,11 +317,12 @@ def cls_prune(start: int, keep: int) -> VisionStep:
     return step
 
 
-def embedded_vision(vision: nn.Module, pixels: Tensor, steps: Mapping[int, VisionStep]) -> tuple[Tensor, Tensor]:
-    """The embedded vision encoder re-run by hand with `steps[i]` after layer `i`, every layer
-    attending with the `+ log size` key bias of the sizes so far (0 while they are 1); a step
-    sees the layer's CLS-row attention (same bias) and head-mean keys. Returns the output and
-    each output token's original position `[B, n]`."""
+def embedded_vision(vision: nn.Module, pixels: Tensor, steps: Mapping[int, VisionStep],
+                    at: str = "after") -> tuple[Tensor, Tensor]:
+    """The embedded vision encoder re-run by hand with `steps[i]` after layer `i` (`at="mid"`:
+    between its attention and its MLP), every layer attending with the `+ log size` key bias of
+    the sizes so far (0 while they are 1); a step sees the layer's CLS-row attention (same bias)
+    and head-mean keys. Returns the output and each output token's original position `[B, n]`."""
     x = vision.patch_embed(pixels).flatten(2).transpose(1, 2)
     x = torch.cat([vision.cls.expand(x.shape[0], -1, -1), x], dim=1) + vision.pos
     size = torch.ones(x.shape[0], x.shape[1])
@@ -284,19 +333,42 @@ def embedded_vision(vision: nn.Module, pixels: Tensor, steps: Mapping[int, Visio
         bias = size.log()
         x = x + layer.attn.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None, :])
                                 .transpose(1, 2).reshape(b, n, d))
+        if index in steps and at == "mid":
+            x, size, positions = _step(steps[index], x, q, k, bias, size, positions)
         x = x + layer.mlp(layer.norm2(x))
-        if index in steps:
-            attention = row_attention(q, k, q.shape[-1] ** -0.5, slice(0, 1), bias)
-            x, kept, size = steps[index](x, attention, k.mean(dim=1), size)
-            positions = positions.gather(1, kept)
+        if index in steps and at == "after":
+            x, size, positions = _step(steps[index], x, q, k, bias, size, positions)
     return vision.norm(x), positions
 
 
+def _step(step: VisionStep, x: Tensor, q: Tensor, k: Tensor, bias: Tensor, size: Tensor,
+          positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One vision step on `x` from its layer's `q`, `k` (CLS row, `bias`): (x', sizes', positions')."""
+    attention = row_attention(q, k, q.shape[-1] ** -0.5, slice(0, 1), bias)
+    x, kept, size = step(x, attention, k.mean(dim=1), size)
+    return x, size, positions.gather(1, kept)
+
+
+# (pre-attention norm, attention, pre-MLP norm, MLP) submodule names of the HF encoder layers the
+# tests patch between attention and MLP, as the model in hand names them (checked, never assumed)
+LAYOUTS = (("layer_norm1", "self_attn", "layer_norm2", "mlp"), ("layernorm_before", "attention", "layernorm_after", "mlp"))
+
+
+def halves(layer: nn.Module) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """A pre-norm encoder layer as its two residual halves: `h + attention(norm1(h), mask)` and
+    `h + mlp(norm2(h))` (eval mode: dropout is the identity)."""
+    names = next((names for names in LAYOUTS if all(hasattr(layer, name) for name in names)), None)
+    assert names is not None, f"no known layout of {type(layer).__name__}: add its submodule names to LAYOUTS"
+    norm1, attention, norm2, mlp = (getattr(layer, name) for name in names)
+    return (lambda h, mask: h + attention(norm1(h), mask)[0]), (lambda h: h + mlp(norm2(h)))
+
+
 @contextmanager
-def patched_encoder(layers: nn.ModuleList, heads: int, steps: Mapping[int, VisionStep]) -> Iterator[None]:
+def patched_encoder(layers: nn.ModuleList, heads: int, steps: Mapping[int, VisionStep], at: str = "after") -> Iterator[None]:
     """Every HF encoder layer of `layers` patched: it attends with the `+ log size` key bias
     (passed as its additive attention mask; sizes start at 1 in the first layer), then, when
-    `steps` has it, reduces its output by the step, which sees the CLS-row attention and the
+    `steps` has it, reduces its output (`at="mid"`: its stream between attention and MLP, the
+    layer run as its two `halves`) by the step, which sees the CLS-row attention and the
     head-mean keys computed from the outputs of its `q_proj` / `k_proj`. The HF model around the
     layers runs unchanged."""
     sizes: list[Tensor] = []
@@ -312,15 +384,18 @@ def patched_encoder(layers: nn.ModuleList, heads: int, steps: Mapping[int, Visio
             seen: dict[str, Tensor] = {}
             hooks = [module.register_forward_hook(lambda _, __, out, name=name: seen.__setitem__(name, out))
                      for name, module in projections.items()]
+            mask = size.log()[:, None, None, :].expand(b, 1, n, n)
+            mid = index in steps and at == "mid"
             try:
-                out = forward(hidden, size.log()[:, None, None, :].expand(b, 1, n, n), *args, **kwargs)
+                out = halves(layer)[0](hidden, mask) if mid else forward(hidden, mask, *args, **kwargs)
             finally:
                 for hook in hooks:
                     hook.remove()
             if index in steps:
                 q, k = (seen[name].view(b, n, heads, -1).transpose(1, 2) for name in ("q_proj", "k_proj"))
-                attention = row_attention(q, k, q.shape[-1] ** -0.5, slice(0, 1), size.log())
-                out, _, size = steps[index](out, attention, k.mean(dim=1), size)
+                out, size, _ = _step(steps[index], out, q, k, size.log(), size, torch.arange(n).expand(b, n))
+            if mid:
+                out = halves(layer)[1](out)
             sizes.append(size)
             return out
 

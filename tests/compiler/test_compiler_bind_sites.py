@@ -44,7 +44,7 @@ EXPECTED = {
     ("embedded", "tome.deos", "tome"): [f"vision.layers.{i}" for i in range(4)],
     ("embedded", "pyramiddrop.deos", "pyramiddrop"): ["decoder.layers.1", "decoder.layers.2", "decoder.layers.3"],
     # 6.25% and 18.75% of 4 layers both floor to layer 0: two sites reduce there in turn
-    ("embedded", "sparsevlm.deos", "sparsevlm_v2"): ["decoder.layers.0", "decoder.layers.0", "decoder.layers.1"],
+    ("embedded", "sparsevlm.deos", "sparsevlm_prune"): ["decoder.layers.0", "decoder.layers.0", "decoder.layers.1"],
     ("embedded", "pool2x2.deos", "pool2x2"): ["projector"],
     ("embedded", "visionzip.deos", "visionzip"): ["vision.layers.3"],
     ("embedded", "evit.deos", "evit"): ["vision.layers.1", "vision.layers.2", "vision.layers.3"],
@@ -54,7 +54,7 @@ EXPECTED = {
     (LLAVA, "pool2x2.deos", "pool2x2"): ["model.multi_modal_projector"],
     (LLAVA, "pyramiddrop.deos", "pyramiddrop"): [f"model.language_model.layers.{i}" for i in (0, 1, 2)],
     (QWEN, "fastv.deos", "fastv"): ["layers.1"],
-    (QWEN, "sparsevlm.deos", "sparsevlm_v1"): ["layers.0", "layers.0", "layers.1"],
+    (QWEN, "sparsevlm.deos", "sparsevlm"): ["layers.0", "layers.0", "layers.1"],
     (CLIP, "tome.deos", "tome"): ["encoder.layers.0", "encoder.layers.1"],
     ("hf:ViTModel", "tome.deos", "tome"): ["layers.0", "layers.1"],
     ("hf:SiglipVisionModel", "visionzip.deos", "visionzip"): ["encoder.layers.1"],

@@ -30,17 +30,17 @@ def test_compile_prints_tracer_block_map_and_sites():
 
 
 def test_compile_one_space_of_a_file():
-    code, out, _ = run("compile", str(SPACES / "sparsevlm.deos"), "--model", "embedded", "--space", "sparsevlm_v1")
-    assert code == 0 and "`sparsevlm_v1`" in out and "`sparsevlm_v2`" not in out
+    code, out, _ = run("compile", str(SPACES / "sparsevlm.deos"), "--model", "embedded", "--space", "sparsevlm")
+    assert code == 0 and "`sparsevlm`" in out and "`sparsevlm_prune`" not in out
     code, _, err = run("compile", str(SPACES / "sparsevlm.deos"), "--model", "embedded", "--space", "nope")
-    assert code == 1 and "no space `nope`" in err and "sparsevlm_v2, sparsevlm_v1" in err
+    assert code == 1 and "no space `nope`" in err and "sparsevlm_prune, sparsevlm" in err
 
 
 def test_compile_every_space_of_a_file():
     """Each space binds on its own graph (binding two spaces on one graph was an internal error)."""
     code, out, err = run("compile", str(SPACES / "sparsevlm.deos"), "--model", "embedded")
     assert code == 0, err
-    assert "bound sites of space `sparsevlm_v2`" in out and "bound sites of space `sparsevlm_v1`" in out
+    assert "bound sites of space `sparsevlm_prune`" in out and "bound sites of space `sparsevlm`" in out
     assert out.count("block map") == 1
 
 

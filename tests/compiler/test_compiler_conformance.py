@@ -10,8 +10,8 @@ Where a site sits follows the space: `layers[p%]` is layer `floor(p% * depth)`, 
 listed layer; the tiny HF decoders (3 layers) take SparseVLM's first two sites both on layer 0.
 SigLIP has no CLS: its `attention(query: cls)` is the first token's row, every token reducible.
 LLaVA feeds its decoder the tower's layer -2 without CLS, so the bundled VisionZip (on the tower's
-last layer) is refused there by name, and the bundled ToMe's 16 tokens are capped to half of the
-16, 8, 4 patches entering each layer.
+last layer) is refused there by name and runs at `[-2]`, its published site, and the bundled
+ToMe's 16 tokens are capped to half of the 16, 8, 4 patches entering each layer.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from deos_dsl.compiler.token_index import gather_side
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC
 from deos_dsl.ops import gather_tokens
 from deos_dsl.errors import SpaceError
+from deos_dsl.frontend import ir
 from deos_dsl.pipeline import Emitted, compile_emitted
 from references import (
     LayerReduce,
@@ -90,21 +91,38 @@ def sparsevlm(depth: int) -> list[tuple[int, float]]:
 DECODER_SPACES: dict[str, tuple[str, Callable, Callable[[int], list[tuple[int, float]]]]] = {
     "fastv": ("last", prune, lambda depth: [(1, 0.5)]),  # before layer 2, by layer 1's attention
     "pyramiddrop": ("last", prune, lambda depth: [(at(depth, p), 0.5) for p in (25, 50, 75)]),
-    "sparsevlm_v2": ("text", prune, sparsevlm),
-    "sparsevlm_v1": ("text", recycle(0.3, 0.05), sparsevlm),
+    "sparsevlm_prune": ("raters", prune, sparsevlm),
+    "sparsevlm": ("raters", recycle(0.3, 0.05), sparsevlm),
     "reweight": ("text", reweight(0.5), lambda depth: [(2, 1.0)]),
 }
-# vision spaces: (depth, tokens before the patches) -> {layer: step}
-VISION_SPACES: dict[str, Callable[[int, int], dict[int, VisionStep]]] = {
-    "tome": lambda depth, start: {i: tome(start, 16) for i in range(depth)},
-    "evit": lambda depth, start: {at(depth, p): evit(start, 0.7) for p in (25, 50, 75)},
-    "visionzip": lambda depth, start: {depth - 1: visionzip(start, 54 / 576, 10)},
+# vision spaces: (depth, tokens before the patches, the layer the model reads) -> {layer: step}
+VISION_SPACES: dict[str, Callable[[int, int, int], dict[int, VisionStep]]] = {
+    "tome": lambda depth, start, read: {i: tome(start, 16) for i in range(depth)},
+    "evit": lambda depth, start, read: {at(depth, p): evit(start, 0.7) for p in (25, 50, 75)},
+    "visionzip": lambda depth, start, read: {depth + read: visionzip(start, 54 / 576, 10)},
 }
-FILES = {"sparsevlm_v1": "sparsevlm", "sparsevlm_v2": "sparsevlm"}
+FILES = {"sparsevlm": "sparsevlm", "sparsevlm_prune": "sparsevlm"}
+# where each space's sites sit in their layers (`at:`; the others at the layer's output)
+AT = {"pyramiddrop": "before", "tome": "mid", "evit": "mid"}
 PAIRS = [*((name, space) for name in ("embedded", LLAVA, QWEN) for space in DECODER_SPACES),
-         *((name, space) for name in ("embedded", CLIP, SIGLIP, VIT, LLAVA) for space in VISION_SPACES
-           if (name, space) != (LLAVA, "visionzip")),  # refused: LLaVA reads layer -2 (test below)
+         *((name, space) for name in ("embedded", CLIP, SIGLIP, VIT, LLAVA) for space in VISION_SPACES),
          ("embedded", "pool2x2"), (LLAVA, "pool2x2")]
+
+
+def read_layer(name: str) -> int:
+    """The vision layer the model reads (VisionZip's site): the model's own `vision_feature_layer`
+    (LLaVA-1.5 style: -2), else the last."""
+    return getattr(getattr(loaded(name).model, "config", None), "vision_feature_layer", -1)
+
+
+def space_of(name: str, space: str) -> ir.Space:
+    """The bundled space; VisionZip at the layer the model reads (its published site)."""
+    bundled_space = bundled(f"{FILES.get(space, space)}.deos", space)
+    if space != "visionzip" or read_layer(name) == -1:
+        return bundled_space
+    shifted = bundled_space.model_copy(deep=True)
+    shifted.sites[0].selectors[0].index.items[0].at.value = read_layer(name)
+    return shifted
 
 
 # ---- the reference of each pair -----------------------------------------------------------
@@ -128,8 +146,8 @@ def decoder_sites(space: str, depth: int, start: int, n_visual: int,
     return recording({layer: span.sites(query, operator, *r) for layer, r in ratios.items()}, streams)
 
 
-def vision_steps(space: str, depth: int, start: int, streams: dict[int, Tensor]) -> dict[int, VisionStep]:
-    return recording(VISION_SPACES[space](depth, start) if space in VISION_SPACES else {}, streams)
+def vision_steps(space: str, depth: int, start: int, streams: dict[int, Tensor], read: int = -1) -> dict[int, VisionStep]:
+    return recording(VISION_SPACES[space](depth, start, read) if space in VISION_SPACES else {}, streams)
 
 
 @contextmanager
@@ -145,11 +163,13 @@ def embedded_reference(space: str, streams: dict[int, Tensor]) -> list[Tensor]:
     model = loaded("embedded").model
     pixels, question = loaded("embedded").args
     if space in DECODER_SPACES:
-        with embedded_decoder(model.decoder.layers, decoder_sites(space, len(model.decoder.layers), 0, 144, streams)):
+        with embedded_decoder(model.decoder.layers, decoder_sites(space, len(model.decoder.layers), 0, 144, streams),
+                              AT.get(space, "after")):
             return [model(pixels, question)]
     if space == "pool2x2":
         return [pooled_reference(model, pixels, question)]
-    out, positions = embedded_vision(model.vision, pixels, vision_steps(space, len(model.vision.layers), 1, streams))
+    out, positions = embedded_vision(model.vision, pixels, vision_steps(space, len(model.vision.layers), 1, streams),
+                                     AT.get(space, "after"))
     return [answer_from_patches(model, out, question, positions)]
 
 
@@ -163,16 +183,17 @@ def llava_reference(space: str, streams: dict[int, Tensor]) -> list[Tensor]:
     if space in DECODER_SPACES:
         lm = llava.model.language_model
         sites = decoder_sites(space, len(lm.layers), *HF_VISUAL, streams)
-        run = lambda inputs_embeds, **_: BaseModelOutputWithPast(llama_decoder_reference(lm, inputs_embeds, sites))  # noqa: E731
+        run = lambda inputs_embeds, **_: BaseModelOutputWithPast(  # noqa: E731
+            llama_decoder_reference(lm, inputs_embeds, sites, AT.get(space, "after")))
         with patched_forward(lm, run):
             return tensors(llava(**inputs))
     tower, projector = llava.model.vision_tower.encoder.layers, llava.model.multi_modal_projector
     features: list[int] = []
     hooks = [projector.register_forward_hook(lambda _, __, out: pool_2x2(out))] if space == "pool2x2" else []
     hooks.append(projector.register_forward_hook(lambda _, __, out: features.append(out.shape[1])))
-    steps = vision_steps(space, len(tower), CLS[LLAVA], streams)
+    steps = vision_steps(space, len(tower), CLS[LLAVA], streams, read_layer(LLAVA))
     try:
-        with patched_encoder(tower, llava.config.vision_config.num_attention_heads, steps):
+        with patched_encoder(tower, llava.config.vision_config.num_attention_heads, steps, AT.get(space, "after")):
             # one pass of the reduced tower and projector counts the image tokens the prompt needs
             llava.model.get_image_features(pixel_values=inputs["pixel_values"],
                                            vision_feature_layer=llava.config.vision_feature_layer,
@@ -194,11 +215,11 @@ def reference(name: str, space: str, streams: dict[int, Tensor]) -> list[Tensor]
         return llava_reference(space, streams)
     if name == QWEN:
         sites = decoder_sites(space, len(model.model.layers), *HF_VISUAL, streams)
-        return [llama_decoder_reference(model.model, model.kwargs["inputs_embeds"], sites)]
+        return [llama_decoder_reference(model.model, model.kwargs["inputs_embeds"], sites, AT.get(space, "after"))]
     (path,) = STACKS[name]
     layers = model.model.get_submodule(path)
     steps = vision_steps(space, len(layers), CLS[name], streams)
-    with patched_encoder(layers, model.model.config.num_attention_heads, steps):
+    with patched_encoder(layers, model.model.config.num_attention_heads, steps, AT.get(space, "after")):
         return tensors(model.model(**model.kwargs))
 
 
@@ -224,7 +245,8 @@ def site_streams(emitted: Emitted, streams: dict[int, Tensor]) -> Iterator[None]
 def assert_blocks_run_reduced(emitted: Emitted, stacks: dict[str, int]) -> None:
     """Every 3-D tensor of every block of `stacks` in the emitted graph (the model's own nodes and
     the inserted scores; not the sites' outputs, nor the side tensors gathered site after site)
-    has the stack's dense length less the tokens the active sites before the block removed;
+    has the stack's dense length less the tokens the active sites before it removed (a site
+    between a block's attention and its MLP: its MLP runs on fewer tokens than its attention);
     every active site removes tokens unless it keeps them all."""
     gm = emitted.graph_module
     nodes = list(gm.graph.nodes)
@@ -238,23 +260,18 @@ def assert_blocks_run_reduced(emitted: Emitted, stacks: dict[str, int]) -> None:
     skipped = {user for i in removed for user in nodes[i].users}
     skipped |= {node for node in nodes if node.target in (gather_tokens, gather_side, gather_mask)}
     blocks = re.compile("|".join(rf"{re.escape(stack)}\.\d+" for stack in stacks))
-    seen: dict[str, set[int]] = defaultdict(set)
-    first: dict[str, int] = {}
     for i, node in enumerate(nodes):
         val = node.meta.get("val")
         block = next((p for p in module_paths(node) if blocks.fullmatch(p)), None)
         if block and node not in skipped and isinstance(val, Tensor) and val.ndim == 3:
-            first.setdefault(block, i)
-            seen[block].add(int(val.shape[1]))
-    for block, lengths in seen.items():
-        dense = stacks[block.rsplit(".", 1)[0]]
-        assert lengths == {dense - sum(r for i, r in removed.items() if i < first[block])}, block
+            dense = stacks[block.rsplit(".", 1)[0]]
+            assert int(val.shape[1]) == dense - sum(r for j, r in removed.items() if j < i), (block, node.name)
 
 
 # ---- the matrix ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "space"), PAIRS, ids=[f"{name.removeprefix('hf:')}-{space}" for name, space in PAIRS])
 def test_emitted_corner_equals_reference_and_shrinks(name: str, space: str):
-    emitted = compile_emitted(bundled(f"{FILES.get(space, space)}.deos", space), loaded(name))
+    emitted = compile_emitted(space_of(name, space), loaded(name))
     stack = "decoder" if space in DECODER_SPACES else "vision" if space in VISION_SPACES else "projector"
     assert emitted.traced.tracer == ROUTES.get(name, ROUTES.get((name, stack)))
     assert emitted.plans and all(plan.active for plan in emitted.plans.values())
@@ -287,7 +304,6 @@ def test_a_site_on_a_layer_the_model_does_not_read_is_refused():
     assert diagnostic.message.startswith("`vision.layers` layer 2 is block `model.vision_tower.encoder.layers.2`, "
                                          "whose output the model's result does not depend on")
     assert "`[-2]` on LLaVA-1.5" in diagnostic.hint
-    shifted = bundled("visionzip.deos", "visionzip").model_copy(deep=True)
-    shifted.sites[0].selectors[0].index.items[0].at.value = -2
-    # CLS, 2 dominant of the 16 patches (9.375%, rounded up) and 10 contextual tokens
-    assert list(compile_emitted(shifted, loaded(LLAVA)).lengths.values()) == [(17, 13)]
+    # at the layer it reads (`[-2]`, the conformance pair above): CLS, 2 dominant of the 16
+    # patches (9.375%, rounded up) and 10 contextual tokens
+    assert list(compile_emitted(space_of(LLAVA, "visionzip"), loaded(LLAVA)).lengths.values()) == [(17, 13)]

@@ -42,7 +42,7 @@ def vision_alone(tracer: str = SYMBOLIC):
 def test_recycling_changes_the_pruned_output():
     """v1 differs from v2 (prune) only by the recycled transfer, and that transfer is real."""
     outputs = []
-    for name in ("sparsevlm_v1", "sparsevlm_v2"):
+    for name in ("sparsevlm", "sparsevlm_prune"):
         block_map = fresh_block_map(QWEN)
         emit(block_map, bundled("sparsevlm.deos", name))
         outputs.append(tensors(block_map.traced.run())[0])
@@ -74,7 +74,7 @@ def keep_everything(relaxed: Relaxed) -> None:
         module.temperature.fill_(0.0)
 
 
-@pytest.mark.parametrize(("name", "file", "space"), [(QWEN, "sparsevlm.deos", "sparsevlm_v1"),
+@pytest.mark.parametrize(("name", "file", "space"), [(QWEN, "sparsevlm.deos", "sparsevlm"),
                                                       ("embedded", "visionzip.deos", "visionzip")],
                          ids=["recycle", "extra-10"])
 def test_relaxed_identity_point_is_the_model(name: str, file: str, space: str):
@@ -89,7 +89,7 @@ def test_relaxed_identity_point_is_the_model(name: str, file: str, space: str):
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(tensors(relaxed.block_map.traced.run()), relaxed.reference))
 
 
-@pytest.mark.parametrize(("file", "space", "index"), [("sparsevlm.deos", "sparsevlm_v1", 2),
+@pytest.mark.parametrize(("file", "space", "index"), [("sparsevlm.deos", "sparsevlm", 2),
                                                        ("visionzip.deos", "visionzip", 0)],
                          ids=["recycle", "extra-10"])
 def test_relaxed_hard_limit_is_the_emitted_operator(file: str, space: str, index: int):

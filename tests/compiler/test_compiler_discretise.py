@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from compiler_models import loaded
+from compiler_models import VISION_PRUNE, loaded
 from deos_dsl.compiler import build_block_map, trace
 from deos_dsl.compiler.graph_edit import sdpa_argument
 from deos_dsl.compiler.sites import META_SDPA, is_impure
 from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.errors import DeosCompileError
-from deos_dsl.frontend import ir
+from deos_dsl.frontend import ir, loads
 from deos_dsl.passes.cleanup import cleanup
 from deos_dsl.passes.discretise import discretise
 from deos_dsl.passes.verify import verify
@@ -37,11 +37,11 @@ def emit(block_map, space: ir.Space):
 # the pass refuses a static export; emit first tries the routes that re-trace one (the HF
 # encoders emit: test_compiler_conformance.py; `fixed_length` is refused naming what was tried:
 # test_compiler_emit_static.py)
-@pytest.mark.parametrize(("name", "file", "space"), [("embedded", "fastv.deos", "fastv"),
-                                                      ("module:compiler_models:fixed_length", "tome.deos", "tome")])
-def test_static_length_exports_are_refused(name: str, file: str, space: str):
+@pytest.mark.parametrize(("name", "space"), [("embedded", bundled("fastv.deos", "fastv")),
+                                              ("module:compiler_models:fixed_length", loads(VISION_PRUNE)[0])])
+def test_static_length_exports_are_refused(name: str, space: ir.Space):
     block_map = fresh_block_map(name)
-    bound = bind(bundled(file, space), block_map)
+    bound = bind(space, block_map)
     with pytest.raises(DeosCompileError, match="STATIC sequence length") as caught:
         discretise(block_map, bound.sites, bound.scores, bound.modules)
     assert "symbolic_trace" in caught.value.hint

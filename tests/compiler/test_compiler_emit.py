@@ -15,7 +15,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from compiler_models import loaded, tensors
+from compiler_models import VISION_PRUNE, loaded, tensors
 from deos_dsl.cli import EXIT_DIAGNOSTICS, EXIT_OK, main
 from deos_dsl.compiler.masking import key_logits
 from deos_dsl.frontend import load_spaces
@@ -104,11 +104,12 @@ def test_cli_emits_the_embedded_model_and_refuses_to_overwrite(tmp_path: Path):
 
 
 def test_cli_failure_leaves_nothing_behind(tmp_path: Path):
-    out = tmp_path / "fixed-length-tome"  # an encoder whose container fixes its length: no route emits it
-    code, _, stderr = run_cli("emit", str(SPACES / "tome.deos"), "--model", "module:compiler_models:fixed_length",
-                              "--out", str(out))
+    space = tmp_path / "vision_prune.deos"
+    space.write_text(VISION_PRUNE)
+    out = tmp_path / "fixed-length"  # an encoder whose container fixes its length: no route emits it
+    code, _, stderr = run_cli("emit", str(space), "--model", "module:compiler_models:fixed_length", "--out", str(out))
     assert code == EXIT_DIAGNOSTICS and "STATIC sequence length" in stderr and "hint:" in stderr
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [space]
 
 
 def test_cli_needs_one_space(tmp_path: Path):

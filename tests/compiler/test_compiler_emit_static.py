@@ -15,10 +15,10 @@ import pytest
 import torch
 from test_compiler_emit import run_cli, run_without_deos
 
-from compiler_models import fixed_length, loaded, tensors
+from compiler_models import VISION_PRUNE, fixed_length, loaded, tensors
 from deos_dsl.cli import EXIT_OK
 from deos_dsl.errors import DeosCompileError
-from deos_dsl.frontend import ir
+from deos_dsl.frontend import ir, loads
 from deos_dsl.pipeline import Emitted, compile_emitted, unsafe_payloads
 from relaxed_cases import SPACES, bundled, space_from
 
@@ -95,7 +95,7 @@ def test_llava_projector_sites_it_cannot_emit_are_refused(more: str, error: str,
 
 def test_a_stack_no_route_reduces_is_refused_naming_what_was_tried():
     with pytest.raises(DeosCompileError) as caught:
-        compile_emitted(bundled("tome.deos", "tome"), fixed_length())
+        compile_emitted(loads(VISION_PRUNE)[0], fixed_length())
     message = caught.value.message
     assert "STATIC sequence length at `encoder.layers`" in message
     assert "- torch.fx.symbolic_trace: TraceError" in message

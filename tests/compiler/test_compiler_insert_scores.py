@@ -89,11 +89,13 @@ def test_norm_and_similarity_scores_on_the_stream(tmp_path: Path):
     torch.testing.assert_close(env[second], (torch.nn.functional.normalize(x1, dim=-1) * text_mean[:, None]).sum(-1))
 
 
-def test_eager_attention_scores_equal_the_fused_ones(tmp_path: Path):
+@pytest.mark.parametrize("query", ["last", "raters"])
+def test_eager_attention_scores_equal_the_fused_ones(tmp_path: Path, query: str):
     """A block computing attention as matmul + softmax (`attn_implementation="eager"`; Gemma2's
     soft-capping has no other) gets its scores from the rows of the probabilities it computed:
-    the same as the row recomputed from the fused kernel's q and k."""
-    space = space_from(EAGER_LAST, tmp_path)
+    the same as the rows recomputed from the fused kernel's q and k (SparseVLM's raters: every
+    row's own attention)."""
+    space = space_from(EAGER_LAST.replace("attention(query: last)", f"attention(query: {query})"), tmp_path)
     scores = {}
     for name in ("hf:Qwen2Model", "module:compiler_models:eager_qwen2"):
         block_map = fresh_block_map(name)

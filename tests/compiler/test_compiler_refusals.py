@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from torch import fx, nn
 
-from compiler_models import Layers, Residual
+from compiler_models import VISION_PRUNE, Layers, Residual
 from deos_dsl import cli
 from deos_dsl.compiler import LoadedModel, UntraceableModelError, build_block_map, trace
 from deos_dsl.compiler.errors import ReducedModelError
@@ -141,10 +141,12 @@ def test_model_code_that_needs_the_dense_count_is_a_reduced_model_error(monkeypa
     assert caught.value.message.startswith("the emitted model, run on its example inputs, fails on the reduced tokens")
 
 
-def test_compile_refuses_what_emit_would_refuse():
+def test_compile_refuses_what_emit_would_refuse(tmp_path: Path):
     """`deos compile` ran only the binding: a model no emit route can reduce compiled "ok"."""
     out, err = io.StringIO(), io.StringIO()
-    code = cli.main(["compile", str(SPACES / "tome.deos"), "--model", "module:compiler_models:fixed_length"],
+    space = tmp_path / "vision_prune.deos"
+    space.write_text(VISION_PRUNE)
+    code = cli.main(["compile", str(space), "--model", "module:compiler_models:fixed_length"],
                     Console(file=out, width=300), Console(file=err, width=300))
     assert code == 1 and "STATIC sequence length" in err.getvalue() and "Traceback" not in err.getvalue()
 

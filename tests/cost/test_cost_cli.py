@@ -76,8 +76,10 @@ def test_schedule_from_deos_emit(plan: dict, report: dict, tmp_path: Path):
     assert code == EXIT_OK, err
     changed = json.loads(out)
     assert changed["sites"][-1]["leaving"]["reduced"] == 4 and not changed["sites"][-1]["active"]
-    # the last decoder layer's site saves nothing downstream: off, it only stops paying its overhead
-    assert changed["reduced"] == report["reduced"] - report["sites"][-1]["overhead"]["reduced"] < report["reduced"]
+    # the last site sits BEFORE the last decoder layer: off, it stops paying its overhead, and that
+    # layer runs on every token entering it again, which costs more than the overhead saved
+    assert report["reduced"] - report["sites"][-1]["overhead"]["reduced"] < changed["reduced"] < report["dense"]
+    assert changed["reduced"] > report["reduced"]
 
 
 def test_flags_change_what_is_counted(report: dict):

@@ -53,10 +53,10 @@ def test_fastv_on_qwen2_at_three_keep_ratios(tmp_path: Path, keep: int):
 
 @pytest.mark.parametrize("model,file,name", [
     ("hf:Qwen2Model", "pyramiddrop.deos", "pyramiddrop"),
-    ("hf:Qwen2Model", "sparsevlm.deos", "sparsevlm_v2"),
+    ("hf:Qwen2Model", "sparsevlm.deos", "sparsevlm_prune"),
     ("hf:LlavaForConditionalGeneration", "fastv.deos", "fastv"),
     ("embedded", "fastv.deos", "fastv"),
-    ("embedded", "sparsevlm.deos", "sparsevlm_v2"),
+    ("embedded", "sparsevlm.deos", "sparsevlm_prune"),
     ("embedded", "tome.deos", "tome"),  # vision sites whose tokens flow on into the decoder
     ("embedded", "evit.deos", "evit"),  # one fused token on top of the kept ones
     ("embedded", "visionzip.deos", "visionzip"),  # contextual targets

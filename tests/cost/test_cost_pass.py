@@ -20,7 +20,7 @@ def test_graph_unchanged_and_every_call_node_costed(name: str):
     model = loaded(name)
     tracer = SYMBOLIC if name == "embedded" else "torch.export"
     block_map = build_block_map(trace(model.model, model.args, model.kwargs, tracers=(tracer,)), model.roles, model.spans)
-    space = bundled("sparsevlm.deos", "sparsevlm_v2")
+    space = bundled("sparsevlm.deos", "sparsevlm_prune")
     sites = bind_sites(space, block_map)
     scores = insert_scores(space, block_map, sites)
     gm = block_map.graph_module

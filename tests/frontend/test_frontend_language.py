@@ -118,7 +118,7 @@ def test_syntax_error_is_one_positioned_diagnostic():
         parse("space s {\n  site projector {\n    retian: 50%\n  }\n}\n", "f.deos")
     (diag,) = caught.value.diagnostics
     assert (diag.file, diag.line, diag.col) == ("f.deos", 3, 5)
-    assert "expected one of `activate`, `operator`, `retain`, `score`, `}`" in diag.message
+    assert "expected one of `activate`, `at`, `operator`, `retain`, `score`, `}`" in diag.message
     assert diag.hint == "did you mean `retain`?" and diag.source_line == "    retian: 50%"
 
 

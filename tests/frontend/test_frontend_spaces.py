@@ -58,18 +58,20 @@ def test_fastv_prunes_half_before_layer_two_by_layer_one_attention():
     assert regime(site.operator)["gamma"].value.value == 0
 
 
-def test_sparsevlm_v1_inherits_sites_and_recycles():
+def test_sparsevlm_inherits_sites_and_recycles():
     spaces = by_name("sparsevlm.deos")
-    v1, v2 = spaces["sparsevlm_v1"], spaces["sparsevlm_v2"]
-    assert [s.selectors for s in v1.sites] == [s.selectors for s in v2.sites] and len(v1.sites) == 3
-    assert all(s.operator.form == "prune" for s in v2.sites)
-    assert all(s.operator.form == "unified" and s.operator.recycle.value == 30 for s in v1.sites)
-    assert [s.retain.amount.value for s in v1.sites] == [55, 60, 50]
+    recycling, pruning = spaces["sparsevlm"], spaces["sparsevlm_prune"]
+    assert [s.selectors for s in recycling.sites] == [s.selectors for s in pruning.sites] and len(recycling.sites) == 3
+    assert all(s.operator.form == "prune" for s in pruning.sites)
+    assert all(s.operator.form == "unified" and s.operator.recycle.value == 30 for s in recycling.sites)
+    assert [s.retain.amount.value for s in recycling.sites] == [55, 60, 50]
+    assert all(s.score == ir.Score(kind="attention", option="raters") for s in recycling.sites + pruning.sites)
 
 
 def test_pyramiddrop_keeps_lambda_per_stage_at_quarter_depths():
     sites = by_name("pyramiddrop.deos")["pyramiddrop"].sites
     assert [s.selectors[0].index.items[0].at for s in sites] == [ir.Num(value=v, unit="%") for v in (25, 50, 75)]
+    assert all(s.position == "before" for s in sites)  # ranked by the next stage's first layer
     assert all(s.retain.amount.value == 0.5 for s in sites)
 
 
@@ -80,8 +82,11 @@ def test_tome_evit_visionzip_pool_reweight_corners():
     assert regime(tome.operator)["tau"].value.value == 0
     evit = by_name("evit.deos")["evit"].sites[0]
     assert math.isinf(evit.operator.tau.value.value) and evit.operator.into == ir.IntoExtra(count=ir.Num(value=1))
+    assert tome.position == evit.position == "mid"  # between attention and MLP, as both publish
     visionzip = by_name("visionzip.deos")["visionzip"].sites[0]
     assert visionzip.retain.amount.value == pytest.approx(9.375) and visionzip.operator.into.count.value == 10
+    zip_regime = regime(visionzip.operator)  # target + mean(assigned): a hard assignment, unnormalised
+    assert (zip_regime["gamma"].value.value, zip_regime["tau"].value.value, zip_regime["nu"].value.value) == (1, 0, 0)
     pool = by_name("pool2x2.deos")["pool2x2"].sites[0]
     assert pool.operator.window == (2, 2) and pool.selectors[0] == ir.RoleSelector(path=["projector"])
     reweight = regime(by_name("reweight.deos")["reweight"].sites[0].operator)

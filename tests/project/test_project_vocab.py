@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deos_dsl.compiler.site_scores import QUERY_ROWS, STREAM_KERNELS
+from deos_dsl.compiler.site_scores import PER_ROW_QUERIES, QUERY_ROWS, STREAM_KERNELS
 from deos_dsl.errors import SpaceError
 from deos_dsl.frontend import ir, loads
 from deos_dsl.frontend.formatter import format_module
@@ -71,7 +71,8 @@ def test_a_setting_outside_the_corners_row_is_refused_with_the_row():
 def test_the_compiler_has_a_kernel_for_every_score_and_a_colour_for_every_corner():
     stream = {name for name, score in SCORES.items() if not score.attention and not score.learned}
     assert set(STREAM_KERNELS) == stream
-    assert set(QUERY_ROWS) == {choice for score in SCORES.values() if score.attention for choice in score.choices}
+    queries = {choice for score in SCORES.values() if score.attention for choice in score.choices}
+    assert set(QUERY_ROWS) | set(PER_ROW_QUERIES) == queries and not set(QUERY_ROWS) & set(PER_ROW_QUERIES)
     assert set(PATTERN_COLOURS) == {*CORNERS, "off", "mix"}
 
 

@@ -21,8 +21,8 @@ FILES = ("fastv", "sparsevlm", "pyramiddrop", "reweight", "pool2x2", "tome", "ev
 BASELINES = {space.name: space for name in FILES for space in load_spaces(SPACES / f"{name}.deos")}
 BUDGETS = (0.50, 0.33, 0.22, 0.11, 0.03)
 OUT_OF_REACH = {("pool2x2", 0.22), ("pool2x2", 0.11), ("pool2x2", 0.03)}
-COMPILED = {("fastv", 0.33), ("fastv", 0.11), ("tome", 0.33), ("tome", 0.03), ("visionzip", 0.11), ("sparsevlm_v2", 0.33),
-            ("sparsevlm_v2", 0.11), ("evit", 0.22)}
+COMPILED = {("fastv", 0.33), ("fastv", 0.11), ("tome", 0.33), ("tome", 0.03), ("visionzip", 0.11), ("sparsevlm_prune", 0.33),
+            ("sparsevlm_prune", 0.11), ("evit", 0.22)}
 VISUAL, TEXT, CLS, LAYERS = 144, 12, 1, 4  # the embedded model: visual / question tokens, the vision CLS, decoder depth
 EXACT = 1e-12
 SMALLER = 1e-6  # a scale this much below the fitted one must be over the budget (bisection tolerance: 1e-9)

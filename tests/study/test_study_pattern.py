@@ -48,7 +48,7 @@ def test_pattern_text_lists_active_sites_with_their_tokens() -> None:
 
 
 # each bundled baseline's label under the corner rule: what its space writes, named by its regime
-BASELINE_LABELS = {"fastv": "prune", "pyramiddrop": "prune", "sparsevlm_v2": "prune", "sparsevlm_v1": "mix",
+BASELINE_LABELS = {"fastv": "prune", "pyramiddrop": "prune", "sparsevlm_prune": "prune", "sparsevlm": "mix",
                    "tome": "merge", "evit": "pool", "visionzip": "merge", "pool2x2": "pool", "reweight": "reweight"}
 
 

@@ -45,11 +45,11 @@ def test_study_spaces_picks_the_search_space_and_the_fixed_baselines() -> None:
     spaces = load_spaces(STUDY_SPACE) + load_spaces(ROOT / "spaces" / "sparsevlm.deos") + load_spaces(ROOT / "spaces" / "eos.deos")
     search_space, baselines = study_spaces(spaces, "eos_study")
     assert search_space.name == "eos_study"
-    assert [b.name for b in baselines] == ["sparsevlm_v2", "sparsevlm_v1"]  # not `baseline` (no site), not eos_* (learned)
+    assert [b.name for b in baselines] == ["sparsevlm_prune", "sparsevlm"]  # not `baseline` (no site), not eos_* (learned)
     with pytest.raises(StudyError, match="no space `eos_stdy`"):
         study_spaces(spaces, "eos_stdy")
     with pytest.raises(StudyError, match="learns nothing"):
-        study_spaces(spaces, "sparsevlm_v2")
+        study_spaces(spaces, "sparsevlm_prune")
 
 
 def test_every_schedule_meets_the_budget_and_is_measured(study) -> None:
