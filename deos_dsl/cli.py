@@ -190,7 +190,8 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
     if chosen is None:
         return EXIT_DIAGNOSTICS
     options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
-                      device=args.device, val_size=args.val, dtype=args.dtype)
+                      device=args.device, val_size=args.val, dtype=args.dtype, accumulate=args.accumulate,
+                      recompute=args.recompute)
     outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
@@ -199,8 +200,10 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(line, highlight=False, markup=False)
     if outcome.accuracy:
         out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
-    out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s; wrote {args.out}/ (schedule.json, "
-              "result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)", highlight=False, markup=False)
+    out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s, peak memory "
+              f"{outcome.peak_memory / 2**30:.2f} GiB ({'CUDA allocated' if 'cuda' in str(outcome.device) else 'process RSS'}); "
+              f"wrote {args.out}/ (schedule.json, result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)",
+              highlight=False, markup=False)
     return _emit_search(Path(args.out), None, True, out) if args.emit else EXIT_OK  # this command's own model
 
 
@@ -310,10 +313,12 @@ MODEL_HELP = ("embedded:llava (the shipped HF LLaVA), embedded (the shipped smal
               "module:pkg.mod:factory")
 DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
              "data.jsonl), or module:pkg.mod:factory")
-DTYPE_HELP = "a checkpoint's dtype: float32 (default), bfloat16 or float16"
+DTYPE_HELP = ("a checkpoint's dtype: auto (default: bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or "
+              "float16")
 TRUST_HELP = ("load a `module:` model or data that the search directory's run.json names (this imports and runs that "
               "Python code: only for directories you trust)")
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:<i>"
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
 
 def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> None:
@@ -321,7 +326,7 @@ def add_space_arguments(parser: argparse.ArgumentParser, space_help: str) -> Non
     parser.add_argument("space_file", metavar="SPACE", help="a .deos file")
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL", help=f"{MODEL_HELP} (default {DEFAULT_MODEL})")
     parser.add_argument("--space", metavar="NAME", help=space_help)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
 
 
 def cost_arguments(cost_p: argparse.ArgumentParser) -> None:
@@ -345,6 +350,10 @@ def search_arguments(search_p: argparse.ArgumentParser) -> None:
     search_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     search_p.add_argument("--steps", type=POSITIVE, metavar="N", help="steps (default: the space's policy)")
     search_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="global batch size (default 32)")
+    search_p.add_argument("--accumulate", type=POSITIVE, default=1, metavar="N",
+                          help="run each process's share of the batch as N micro-batches (gradients add up; default 1)")
+    search_p.add_argument("--recompute", action="store_true",
+                          help="recompute each block's activations in the backward pass (less memory, one more forward)")
     search_p.add_argument("--checkpoint-every", type=POSITIVE, default=50, metavar="N", help="checkpoint period (default 50)")
     search_p.add_argument("--val", type=NON_NEGATIVE, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
@@ -417,7 +426,7 @@ def emit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="MODEL", help=f"{MODEL_HELP} (a .deos file only: a search directory knows its model)")
     parser.add_argument("--out", metavar="DIR", help="a new directory for the artefacts (default for a search: DIR/emitted)")
     parser.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=DTYPE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 

@@ -116,9 +116,18 @@ def _from_factory(name: str) -> LoadedModel:
     return loaded
 
 
+def resolved_dtype(dtype: str, device: str) -> str:
+    """A checkpoint's dtype: `auto` is bfloat16 on a CUDA device (a 7B model's frozen weights in
+    half the memory), float32 elsewhere; any other name as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
 def resolve_model(name: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """The model called `name` (see the module docstring; `dtype` and `device` apply to a
-    checkpoint); raises `UnknownModelError`."""
+    """The model called `name` (see the module docstring; `dtype` (`resolved_dtype`) and `device`
+    apply to a checkpoint); raises `UnknownModelError`."""
+    dtype = resolved_dtype(dtype, device)
     if name == "embedded":
         return _embedded()
     if name == LLAVA:

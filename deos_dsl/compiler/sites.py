@@ -1,14 +1,19 @@
 """The data the passes hand each other, on the graph and in one place (no pass imports another).
 
-- `BoundSite` (pass 1, bind_sites): one site of the space bound to a block's output node; the
-  node carries `meta[META_SITE]` (a list: two sites may select one block);
+- `BoundSite` (pass 1, bind_sites): one site of the space bound to the stream node of its
+  position in a block (`at:`); the node carries `meta[META_SITE]` (a list: two sites may bind
+  one node);
 - `SiteScores` (pass 2, insert_scores): a site's inserted `score [B, N]`, `features [B, N, d]`
   and reducible span; the nodes carry `meta[META_SCORE]` = site name, an attention score also
   `meta[META_SDPA]` = the attention node it recomputes;
 - `site_module`: the trainable relaxed `SiteModule` of a site (what pass 3 inserts as
   `RELAXED_PREFIX<i>` and pass 4 plans its hard site `HARD_PREFIX<i>` from);
-- `bias_attention`: the key bias a site adds to the attention of the blocks it reaches, used by
-  passes 3 and 4 alike;
+- `bias_attention`: the key bias a site adds to the attention of the blocks it reaches
+  (`BoundSite.precedes_attention`), used by passes 3 and 4 alike; `bias_light`: the same for a
+  `before` site's light attention pass (`positions.light_attention`, whose copies `light_of`
+  names; `scored_site` names the site any score node belongs to);
+- `anchor_for` / `before_readers`: where passes 3 and 4 place a site's call (after its score),
+  and what keeps reading its stream as it was before it;
 - `is_impure` / `live_nodes`: the dead-code rule of pass 5 (cleanup), which the cost pass
   follows so that it never counts what cleanup removes.
 """

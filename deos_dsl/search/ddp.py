@@ -8,12 +8,15 @@ process joins the default process group (gloo on CPU, nccl on GPU), wraps the re
 `DistributedDataParallel` (only the operator parameters train: they are replicated and their
 gradients averaged; the frozen model is never synchronised after the start) and takes its
 shard of every batch (`data.DataSpec.train_batch`). Without torchrun (`WORLD_SIZE` unset or
-1) nothing is initialised and `World()` is the single process.
+1) nothing is initialised and `World()` is the single process. Gradient accumulation over
+micro-batches synchronises the last one only (`no_sync`); `peak_memory` is what a run used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +65,22 @@ def join(device: torch.device) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def no_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager[None]:
+    """Around one micro-batch's forward and backward: DDP synchronises the gradients of the
+    `last` one only (the others accumulate locally); a plain module needs nothing."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: the CUDA allocator's peak on `device` since the process started (or its last
+    reset), else the process's peak resident set size (Linux reports kibibytes)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def leave(world: World) -> None:

@@ -2,8 +2,8 @@
 
 Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.annealed`):
 1. every site's soft top-k temperature is set to `T_s`; every LEARNED gate gets one relaxed
-   sample per example (`relaxation.sample_gate`, noise from a generator seeded by
-   (seed, rank, s) alone, so a resumed run draws exactly the same noise);
+   sample per example (`relaxation.gate_noise`, from a generator seeded by (seed, rank, s)
+   alone, so a resumed run draws exactly the same noise);
 2. constraints on the EXPECTED schedule: `TokenFlow` with each gate's `E[z]` at `T_s` and each
    site's keep rule; violations `g`, penalty `mu * max(0, g) + rho / 2 * max(0, g)^2`
    (`lagrangian.py`); its gradient is taken first, apart (it depends on the parameters alone);
@@ -12,19 +12,25 @@ Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.a
    `align * ||h - h_dense||^2 / ||h_dense||^2`, the relative squared error of the final hidden
    states on the protected (non-reducible, non-padding) positions, per example; the dense
    reference runs without gradient only when needed (align > 0 or kl);
-4. backward of the objective (averaged over processes by DDP), the usefulness estimate
+4. backward of the objective (averaged over processes by DDP; with `accumulate` N, the batch of
+   each process runs as N micro-batches whose gradients add up, the gate noise drawn for the
+   whole batch first, so the update is the one batch's: activations of one micro-batch at a
+   time, and only the last one synchronises; with `recompute`, each block's activations are
+   recomputed in the backward pass, `recompute.py`), the usefulness estimate
    `-d objective / d c` of every learned keep ratio is updated (running mean, decay 0.9, for
    the discretiser's repair), the penalty gradient is added, the optimiser steps
    (the policy's adam / adamw / sgd at its `lr`), and the multipliers ascend
    (`mu <- max(0, mu + eta * g)`).
 The main process logs each step (`log.py`), checkpoints every `checkpoint_every` steps and at
 the end (`checkpoint.py`), then discretises (`discretise.py`), validates (`validate.py`) and
-writes the result and the plots. On CUDA both forwards run under bf16 autocast.
+writes the result and the plots. On CUDA both forwards run under bf16 autocast. The peak memory
+the run used (CUDA: the allocator's peak on the device; CPU: the process's peak resident set)
+is in the outcome (`deos search` prints it; the result files stay the same on every machine).
 
 Every check of the input happens before any compute (`Search.__init__`): the model, the data
 (`make_task`: every example checked), the objective against the data, the output directory /
 checkpoint, and the reachability of every budget on the bound model. The graphs are traced at
-the search's own batch shape (the first train batch of this process).
+the search's own micro-batch shape (the first rows of this process's first train batch).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch.distributed as dist
 from rich.console import Console
 from torch import Tensor
 
-from deos_dsl.compiler.models import resolve_model
+from deos_dsl.compiler.models import resolve_model, resolved_dtype
 from deos_dsl.data import Encoded
 from deos_dsl.errors import SearchError, first_line
 from deos_dsl.frontend import ir
@@ -54,7 +60,8 @@ from .graph import SearchGraph, build_search_graph
 from .lagrangian import AugmentedLagrangian
 from .log import JsonLog, Progress, read_log
 from .plots import plot_trajectories
-from .relaxation import annealed, expected_gate, sample_gate
+from .relaxation import annealed, expected_gate, gate_from_noise, gate_noise
+from .recompute import recomputed
 from .result import Run, read_run, write_result, write_run
 from .validate import dense_accuracy, schedule_accuracy
 
@@ -73,7 +80,9 @@ class Options:
     device: str = "auto"
     val_size: int = 1000
     stop_after: int | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
+    accumulate: int = 1
+    recompute: bool = False
 
 
 @dataclass
@@ -88,6 +97,8 @@ class Outcome:
     schedule: Schedule | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    peak_memory: int = 0
+    device: str = "cpu"
 
 
 def number(expr: ir.Expr | None) -> float:
@@ -128,11 +139,12 @@ class Search:
         self.space, self.out, self.options, self.console = space, out, options, console
         model, data = absolute(model), absolute(data)  # run.json names them wherever it is read from
         steps = options.steps or int(number(policy.steps))
-        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)), options.dtype)
-        if options.batch_size < 1 or options.checkpoint_every < 1:
-            raise SearchError("--batch and --checkpoint-every must be positive")
+        if options.batch_size < 1 or options.checkpoint_every < 1 or options.accumulate < 1:
+            raise SearchError("--batch, --checkpoint-every and --accumulate must be positive")
         self.device = ddp.pick_device(options.device)
-        self.loaded = resolve_model(model, options.dtype, str(self.device))
+        dtype = resolved_dtype(options.dtype, str(self.device))
+        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)), dtype)
+        self.loaded = resolve_model(model, dtype, str(self.device))
         self.task = make_task(data, self.loaded)
         refused = self.task.check_objective(self.objective.task)
         if refused is not None:
@@ -148,12 +160,15 @@ class Search:
     def _check_and_build(self, space: ir.Space, model: str, resume: bool) -> None:
         """The checks that need the process group, and the graphs (still no compute)."""
         options = self.options
-        if options.batch_size % self.world.size:
-            raise SearchError(f"batch {options.batch_size} does not split over {self.world.size} processes",
-                              "use a batch size divisible by the number of processes")
+        if options.batch_size % (self.world.size * options.accumulate):
+            raise SearchError(f"batch {options.batch_size} does not split over {self.world.size} process(es) x "
+                              f"{options.accumulate} micro-batch(es)",
+                              "use a batch size divisible by the number of processes times --accumulate")
         self.state = self._check_out(resume)
         torch.manual_seed(self.run_info.seed)
-        example = self.task.train_batch(0, options.batch_size, self.world.rank, self.world.size).to(self.device)
+        self.micro = options.batch_size // self.world.size // options.accumulate
+        example = self.task.train_batch(0, options.batch_size, self.world.rank, self.world.size).rows(0, self.micro)
+        example = example.to(self.device)
         self.graph = build_search_graph(space, replace(self.loaded, args=example.args, kwargs=example.kwargs))
         flops = flops_model(self.graph) if any(c.quantity == "flops" for c in space.constraints) else None
         self.constraints = Constraints.of(space, self.graph.block_map, self.graph.flow, flops)
@@ -211,7 +226,8 @@ class Search:
                 raise SearchError(f"checkpoint {self.out / CHECKPOINT} does not fit this search ({first_line(error)[:200]})",
                                   "delete it and run the search again without --resume") from None
             self.usefulness, start = dict(self.state["usefulness"]), self.state["step"]
-        self.model = ddp.replicate(self.graph.gm, self.world, self.device)
+        model = recomputed(self.graph.gm, self.graph.block_map) if self.options.recompute else self.graph.gm
+        self.model = ddp.replicate(model, self.world, self.device)
         return start
 
     def run(self) -> Outcome:
@@ -237,6 +253,7 @@ class Search:
         finally:
             ddp.leave(self.world)
         outcome.seconds = time.perf_counter() - started
+        outcome.peak_memory, outcome.device = ddp.peak_memory(self.device), str(self.device)
         return outcome
 
     def _checkpoint(self, done: int) -> None:
@@ -260,8 +277,7 @@ class Search:
         values = self.constraints.values(self.graph.flow.through(leave), gates)
         return [torch.as_tensor(v, device=self.device) for v in values], {name: float(g.detach()) for name, g in gates.items()}
 
-    def _objective(self, step: int, objective: ir.Objective) -> dict[str, Tensor]:
-        batch = self.task.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size).to(self.device)
+    def _objective(self, batch: Encoded, objective: ir.Objective) -> dict[str, Tensor]:
         weight = number(objective.align)
         kl = objective.task == "kl"
         cuda = self.device.type == "cuda"
@@ -294,15 +310,25 @@ class Search:
             if values else torch.zeros(0, device=self.device)
         penalty = lagrangian.penalty_terms(violations).sum()
         penalty_grads = torch.autograd.grad(penalty, self.params, allow_unused=True) if penalty.requires_grad else None
-        noise = step_noise(self.run_info.seed, self.world.rank, step)
+        generator = step_noise(self.run_info.seed, self.world.rank, step)
         local = self.run_info.batch_size // self.world.size
-        for module in modules.values():
+        noise: dict[str, Tensor] = {}
+        for name, module in modules.items():
             module.temperature.fill_(temperature)
             if module.gate_param.learned:
-                module.gate_sample = sample_gate(module.alpha, local, policy.relaxation, temperature, noise)
+                noise[name] = gate_noise(local, generator).to(device=module.alpha.device, dtype=module.alpha.dtype)
         optimizer.zero_grad(set_to_none=True)
-        losses = self._objective(step, objective)
-        losses["objective"].backward()
+        batch = self.task.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size).to(self.device)
+        parts = self.options.accumulate
+        totals = torch.zeros(3, device=self.device)
+        for part in range(parts):
+            rows = slice(part * self.micro, (part + 1) * self.micro)
+            for name, u in noise.items():
+                modules[name].gate_sample = gate_from_noise(modules[name].alpha, u[rows], policy.relaxation, temperature)
+            with ddp.no_sync(self.model, last=part == parts - 1):
+                losses = self._objective(batch.rows(rows.start, rows.stop), objective)
+                (losses["objective"] / parts).backward()
+            totals += torch.stack([losses[key].detach() for key in ("objective", "task", "align")]) / parts
         for module in modules.values():
             module.gate_sample = None
         self._update_usefulness()
@@ -312,8 +338,7 @@ class Search:
                     param.grad = grad if param.grad is None else param.grad + grad
         optimizer.step()
         lagrangian.update(violations)
-        logged = ddp.mean_over(torch.stack([losses["objective"].detach(), losses["task"].detach(),
-                                            losses["align"].detach()]), self.world).cpu()
+        logged = ddp.mean_over(totals, self.world).cpu()
         return self._record(step, temperature, logged, float(penalty.detach()), [v.detach() for v in values],
                             violations.detach(), lagrangian, expected)
 

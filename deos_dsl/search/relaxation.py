@@ -50,10 +50,10 @@ def gate_from_noise(alpha: Tensor, u: Tensor, relaxation: str, temperature: floa
     raise ValueError(f"unknown relaxation {relaxation!r}; expected one of {RELAXATIONS}")
 
 
-def sample_gate(alpha: Tensor, batch: int, relaxation: str, temperature: float, generator: torch.Generator) -> Tensor:
-    """One gate per example `[batch]` for the scalar logit `alpha` (noise from `generator`, on CPU)."""
-    u = torch.rand(batch, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
-    return gate_from_noise(alpha, u.to(device=alpha.device, dtype=alpha.dtype), relaxation, temperature)
+def gate_noise(batch: int, generator: torch.Generator) -> Tensor:
+    """The uniform noise `[batch]` (float64, on CPU) of one relaxed gate sample per example."""
+    return torch.rand(batch, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+
 
 
 def expected_gate(alpha: Tensor, relaxation: str, temperature: float) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "space.deos").write_text(SEARCHED)
     code, out, err = run("search", str(tmp / "space.deos"), "--model", "embedded", "--data", "embedded",
-                         "--out", str(tmp / "run"), "--batch", "4", "--val", "40", "--emit")
+                         "--out", str(tmp / "run"), "--batch", "4", "--accumulate", "2", "--recompute", "--val", "40",
+                         "--emit")
     assert code == 0, err
     return tmp / "run", out
 
@@ -47,6 +49,7 @@ def test_search_prints_the_schedule_constraints_and_accuracy_then_emits(searched
     assert "searched schedule (discrete)" in out and "decoder.layers.0@1" in out
     assert "tokens.mean <= 25%: 25% of the reducible tokens (met)" in out
     assert "validation (40 val examples): schedule " in out and "(dense " in out
+    assert re.search(r"search of \d+ steps in [\d.]+ s, peak memory [\d.]+ GiB \(process RSS\)", out)
     schedule = json.loads((directory / "schedule.json").read_text())
     plan = json.loads((directory / "emitted" / "plan.json").read_text())
     searched_keeps = [(s["name"], s["active"], s["keep"]) for s in schedule["sites"]]
@@ -122,6 +125,7 @@ def test_bad_input_is_a_clear_error_before_any_compute(tmp_path: Path):
     ("--steps", "-1", "argument --steps: expected a whole number >= 1, got -1"),
     ("--batch", "0", "argument --batch: expected a whole number >= 1, got 0"),
     ("--checkpoint-every", "0", "argument --checkpoint-every: expected a whole number >= 1, got 0"),
+    ("--accumulate", "0", "argument --accumulate: expected a whole number >= 1, got 0"),
     ("--val", "-1", "argument --val: expected a whole number >= 0, got -1"),
     ("--val", "ten", "argument --val: expected a whole number >= 0, got 'ten'"),
 ])

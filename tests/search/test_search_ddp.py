@@ -1,5 +1,6 @@
-"""Data-parallel search: two CPU processes (gloo) each take half of every batch; the operator
-parameters, the multipliers and the schedule stay replicated, and only rank 0 writes."""
+"""Data-parallel search: two CPU processes (gloo) each take half of every batch (as two
+micro-batches, `--accumulate 2`); the operator parameters, the multipliers and the schedule
+stay replicated, and only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def worker(rank: int, tmp: Path, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     (space,) = load_spaces(tmp / "space.deos")
-    run = Search(space, "embedded", "embedded", tmp / "out", Options(batch_size=4, val_size=0, device="cpu"))
+    # two micro-batches per process: DDP synchronises the last one only (`ddp.no_sync`)
+    run = Search(space, "embedded", "embedded", tmp / "out", Options(batch_size=4, val_size=0, device="cpu", accumulate=2))
     initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in run.graph.modules.items()}
     outcome = run.run()
     assert outcome.schedule is not None

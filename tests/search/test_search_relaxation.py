@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from deos_dsl.frontend import ir
-from deos_dsl.search.relaxation import STRETCH, annealed, expected_gate, gate_from_noise, sample_gate
+from deos_dsl.search.relaxation import STRETCH, annealed, expected_gate, gate_from_noise, gate_noise
 
 N = 200_000
 
 
 def samples(alpha: float, relaxation: str, temperature: float) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    return sample_gate(torch.tensor(alpha, dtype=torch.float64), N, relaxation, temperature, generator)
+    return gate_from_noise(torch.tensor(alpha, dtype=torch.float64), gate_noise(N, generator), relaxation, temperature)
 
 
 @pytest.mark.parametrize("alpha", [-2.0, 0.0, 1.5])
