@@ -201,7 +201,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
     if outcome.accuracy:
         out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
     out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s, peak memory "
-              f"{outcome.peak_memory / 2**30:.2f} GiB ({'CUDA allocated' if 'cuda' in str(outcome.device) else 'process RSS'}); "
+              f"{outcome.peak_memory / 2**30:.2f} GiB ({'CUDA allocated' if 'cuda' in outcome.device else 'process RSS'}); "
               f"wrote {args.out}/ (schedule.json, result.pt, search.jsonl, trajectories.png, objective.png, checkpoint.pt)",
               highlight=False, markup=False)
     return _emit_search(Path(args.out), None, True, out) if args.emit else EXIT_OK  # this command's own model

@@ -62,7 +62,8 @@ from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
 from deos_dsl.compiler.hard_site import HardSite, SitePlan, plan_site
 from deos_dsl.compiler.rebind import META_REBIND, Rebind
 from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, anchor_for, before_readers, bias_attention, light_of
+from deos_dsl.compiler.positions import light_passes
+from deos_dsl.compiler.sites import HARD_PREFIX, RELAXED_PREFIX, BoundSite, SiteScores, anchor_for, before_readers, bias_attention
 from deos_dsl.compiler.token_flow import TokenFlow, token_flow
 from deos_dsl.compiler.trace import SYMBOLIC
 from deos_dsl.errors import DeosCompileError, first_line
@@ -135,7 +136,7 @@ class Discretise(PassBase):
         that closes a site after an open one)."""
         for site in self.sites:
             if not self.plans[site.name].active:
-                light = [node for node in graph_module.graph.nodes if light_of(node) == site.name]
+                light = light_passes(graph_module.graph).get(site.name, [])
                 for node in (self.scores[site.name].score, self.scores[site.name].features, *reversed(light)):
                     if node is not None and not node.users:
                         graph_module.graph.erase_node(node)

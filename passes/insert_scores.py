@@ -31,9 +31,9 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import BlockMap
 from deos_dsl.compiler.graph_edit import insert_after, is_sdpa, refresh, sdpa_argument
-from deos_dsl.compiler.positions import META_LIGHT, attention_node, light_attention
+from deos_dsl.compiler.positions import META_LIGHT, attention_node, light_attention, light_passes
 from deos_dsl.compiler.site_scores import grid_side, mean_keys, query_attention, stream_score, weights_attention
-from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores, light_of
+from deos_dsl.compiler.sites import META_SCORE, META_SDPA, BoundSite, SiteScores
 from deos_dsl.compiler.spans import reducible_span
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir
@@ -89,8 +89,9 @@ class InsertScores(PassBase):
                     continue
                 if node.meta["val"].ndim != ndim or any(META_SCORE not in user.meta for user in node.users):
                     raise AssertionError(f"insert_scores: site {name}: bad score node {node.name}")
+        passes = light_passes(graph_module.graph)
         for site in self.sites:
-            light = [node for node in graph_module.graph.nodes if light_of(node) == site.name]
+            light = passes.get(site.name, [])
             if light and (site.position != "before" or any(node.users.keys() - set(light) for node in light)):
                 raise AssertionError(f"insert_scores: site {site.name}: its light attention feeds another node")
 
@@ -131,7 +132,8 @@ class InsertScores(PassBase):
                                    f"use `score: {score.kind}` on a square patch grid")
         # features come from the block's attention (before a `mid` or `after` site's stream; after
         # the copies of a light pass, which follow a `before` site's stream)
-        return insert_after(max(site.node, features) if features is not None else site.node, stream_score, (site.node, score.kind, score.option),
+        anchor = max(site.node, features) if features is not None else site.node
+        return insert_after(anchor, stream_score, (site.node, score.kind, score.option),
                             {"span": span, "features": features})
 
 

@@ -27,7 +27,6 @@ from deos_dsl.errors import DeosCompileError
 from .blocks import Block, shape_of
 from .graph_edit import eager_attention_nodes, sdpa_argument, sdpa_nodes
 
-POSITIONS = ("before", "mid", "after")
 META_LIGHT = "deos_light"  # on the copied nodes of a light attention pass: (site name, block path)
 
 
@@ -58,6 +57,16 @@ def mid_stream(block: Block) -> fx.Node | None:
     stream = shape_of(block.entry)
     after = [node for node in chain if order[node] > order[attention] and shape_of(node) == stream]
     return min(after, key=order.__getitem__) if after else None
+
+
+def light_passes(graph: fx.Graph) -> dict[str, list[fx.Node]]:
+    """`site name -> the nodes of its light attention pass` (copies, score and features tagged
+    `META_LIGHT`), each list in graph order."""
+    passes: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if META_LIGHT in node.meta:
+            passes.setdefault(node.meta[META_LIGHT][0], []).append(node)
+    return passes
 
 
 def site_stream(block: Block, position: str) -> fx.Node | None:

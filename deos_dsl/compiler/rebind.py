@@ -36,8 +36,8 @@ from deos_dsl.ops import gather_tokens
 from .blocks import Block
 from .graph_edit import insert_after, insert_before
 from .masking import gather_mask
-from .positions import META_LIGHT
-from .sites import META_SDPA, light_of
+from .positions import META_LIGHT, light_passes
+from .sites import META_SDPA
 from .token_flow import Joined, Same, Sliced, TokenFlow
 from .token_index import gather_side, join_index, join_values, slice_index
 
@@ -133,9 +133,11 @@ class Rebind:
         stream as it was before the site), then the block's own nodes."""
         if self._light is None:
             self._light = {}
-            for node in block.entry.graph.nodes:
-                if META_LIGHT in node.meta and light_of(node) != self.site:
+            for site, nodes in light_passes(block.entry.graph).items():
+                for node in nodes if site != self.site else []:
                     self._light.setdefault(node.meta[META_LIGHT][1], []).append(node)
+            for nodes in self._light.values():
+                nodes.sort()  # two sites' passes before one block: graph order
         return self._light.get(block.path, []) + block.nodes
 
     @staticmethod

@@ -32,6 +32,8 @@ from torch import Tensor
 from deos_dsl.ops import (NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, rater_scores,
                           text_similarity)
 
+from .site_transfer import bipartite_destinations
+
 Span = tuple[int, int]
 
 
@@ -41,19 +43,30 @@ def grid_side(span: Span) -> int | None:
     return side if side * side == span[1] - span[0] else None
 
 
-def _mask_rows(attn_mask: Tensor | None, rows: Tensor, dtype: torch.dtype) -> Tensor | None:
-    """Additive key bias `[B or 1, N]` of query row `rows[b]` of each example, from a
-    `[B?, H?, Nq, Nk]` mask (masks broadcast over heads: the first head is taken)."""
-    if attn_mask is None:
-        return None
+def _mask3(attn_mask: Tensor) -> Tensor:
+    """A `[B?, H?, Nq, Nk]` attention mask as `[B or 1, Nq, Nk]` (masks broadcast over heads:
+    the first head is taken)."""
     mask = attn_mask
     while mask.dim() > 3:
         mask = mask[:, 0]
-    mask = mask if mask.dim() == 3 else mask[None]  # [B or 1, Nq, Nk]
-    picked = mask.gather(1, rows[:mask.shape[0], None, None].expand(-1, 1, mask.shape[2]))[:, 0]
-    if picked.dtype == torch.bool:
-        return torch.where(picked, 0.0, NEG_BIAS).to(dtype)
-    return picked.to(dtype).clamp_min(NEG_BIAS)
+    return mask if mask.dim() == 3 else mask[None]
+
+
+def _as_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A mask's values as an additive bias: a boolean one 0 where allowed, `NEG_BIAS` elsewhere;
+    a float one clamped at `NEG_BIAS`."""
+    if mask.dtype == torch.bool:
+        return torch.where(mask, 0.0, NEG_BIAS).to(dtype)
+    return mask.to(dtype).clamp_min(NEG_BIAS)
+
+
+def _mask_rows(attn_mask: Tensor | None, rows: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """Additive key bias `[B or 1, N]` of query row `rows[b]` of each example, from a
+    `[B?, H?, Nq, Nk]` mask."""
+    if attn_mask is None:
+        return None
+    mask = _mask3(attn_mask)
+    return _as_bias(mask.gather(1, rows[:mask.shape[0], None, None].expand(-1, 1, mask.shape[2]))[:, 0], dtype)
 
 
 def _last_rows(positions: Tensor, span: Span, real: Tensor) -> Tensor:
@@ -87,11 +100,7 @@ def _probabilities(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bo
     k = k.to(cd).repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     logits = (q.to(cd) @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if attn_mask is not None:
-        mask = attn_mask
-        while mask.dim() > 3:
-            mask = mask[:, 0]
-        bias = torch.where(mask, 0.0, NEG_BIAS).to(cd) if mask.dtype == torch.bool else mask.to(cd).clamp_min(NEG_BIAS)
-        logits = logits + (bias if bias.dim() == 3 else bias[None])[:, None]
+        logits = logits + _as_bias(_mask3(attn_mask), cd)[:, None]
     if is_causal:
         n = q.shape[2]
         logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), -math.inf)
@@ -162,7 +171,7 @@ def _similarity(x: Tensor, to: str | None, span: Span, features: Tensor | None) 
         text = _text_rows(torch.arange(n, device=x.device), span, torch.ones(1, n, dtype=torch.bool, device=x.device))
         return text_similarity(x, x, text.expand(b, n))
     feats = (x if features is None else features)[:, span[0]:span[1]]
-    a_set = torch.arange(span[0], span[1], device=x.device) % 2 == 0  # ToMe's set A: even stream positions
+    a_set = ~bipartite_destinations(span[1] - span[0], x.device, span[0])  # ToMe's set A: the sources
     return _in_span(x, span, bipartite_scores(feats, a_set))
 
 

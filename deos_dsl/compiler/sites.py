@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from torch import Tensor, fx
 
 from deos_dsl.errors import DeosCompileError
@@ -29,7 +30,7 @@ from deos_dsl.frontend import ir
 from .blocks import Block
 from .graph_edit import add_key_bias, add_logit_bias, eager_attention_nodes, insert_before, sdpa_nodes
 from .masking import key_mask
-from .positions import META_LIGHT
+from .positions import META_LIGHT, light_passes
 from .site_module import SiteModule
 from .site_scores import query_attention
 
@@ -117,8 +118,7 @@ def before_readers(site: BoundSite, scores: SiteScores) -> set[fx.Node]:
     block builds its mask and positions from: the block's side tensors are then gathered like
     any other's). Empty for a site without a light pass. A TENSOR read of the stream there would
     have to see the reduced tokens: `DeosCompileError`."""
-    graph = site.node.graph
-    light = {node for node in graph.nodes if light_of(node) == site.name}
+    light = set(light_passes(site.node.graph).get(site.name, []))
     if not light:
         return set()
     last = max(light | {node for node in (scores.score, scores.features) if node is not None})

@@ -48,7 +48,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from deos_dsl.errors import DeosCompileError
 
 from .blocks import Block, BlockMap, is_tensor
-from .positions import META_LIGHT
+from .positions import META_LIGHT, light_passes
 
 Span = tuple[int, int]
 CATS = (torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)
@@ -202,9 +202,10 @@ class _Walk:
         self.flow = TokenFlow(start, {start: Carrier(1, span, Same(None))}, before=before)
         self.stacked = {node: block for stack in block_map.stacks for block in stack.blocks for node in block.nodes}
         paths = {block.path: block for block in block_map.blocks()}
-        for node in start.graph.nodes:  # another site's light pass reads its block's stream and side tensors as the block
-            if META_LIGHT in node.meta and node not in before:
-                self.stacked[node] = paths[node.meta[META_LIGHT][1]]
+        for nodes in light_passes(start.graph).values():  # another site's light pass reads as its block does
+            for node in nodes:
+                if node not in before:
+                    self.stacked[node] = paths[node.meta[META_LIGHT][1]]
         self.entered = {self.stacked[start].path} if start in self.stacked else set()
         # a site inside its block (`at: mid`): the rest of that block is followed as glue
         self.inside = self.stacked[start] if start in self.stacked and start is not self.stacked[start].exit else None
