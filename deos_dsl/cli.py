@@ -191,7 +191,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_DIAGNOSTICS
     options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
                       device=args.device, val_size=args.val, dtype=args.dtype, accumulate=args.accumulate,
-                      recompute=args.recompute)
+                      recompute=args.recompute, shard=args.shard)
     outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
@@ -354,6 +354,9 @@ def search_arguments(search_p: argparse.ArgumentParser) -> None:
                           help="run each process's share of the batch as N micro-batches (gradients add up; default 1)")
     search_p.add_argument("--recompute", action="store_true",
                           help="recompute each block's activations in the backward pass (less memory, one more forward)")
+    search_p.add_argument("--shard", action="store_true",
+                          help="under torchrun: shard the frozen blocks' weights over the processes (FSDP2) instead of "
+                               "replicating them (DDP)")
     search_p.add_argument("--checkpoint-every", type=POSITIVE, default=50, metavar="N", help="checkpoint period (default 50)")
     search_p.add_argument("--val", type=NON_NEGATIVE, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")

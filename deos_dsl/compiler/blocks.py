@@ -35,14 +35,13 @@ from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
 from deos_dsl.frontend.diagnostics import suggest
 
 from .errors import BlockMapError
-from .trace import TracedModel
+from .trace import GUARDS, TracedModel
 
 Span = tuple[int, int]
 PSEUDO_MODULES = ("_empty_nn_module_stack_from_metadata_hook",)
 PROJECTOR_WORDS = ("proj", "connector", "merger", "adapter")
 CONV_OPS = ("aten.conv2d", "aten.convolution", "conv2d")
 CAT_OPS = (torch.ops.aten.cat.default, torch.cat)
-GUARDS = "_guards_fn"  # the call_module export adds to check input shapes
 
 
 def module_paths(node: fx.Node) -> list[str]:

@@ -89,7 +89,10 @@ def _processor(transformers: Any, directory: Path) -> Any:
 
 
 class _Pair:
-    """A tokenizer and an image processor loaded alone, called like a processor."""
+    """A tokenizer and an image processor loaded alone, called like a processor. Where the image
+    processor returns grid sizes (`image_grid_thw`, Qwen2-VL's), each image's placeholder is
+    expanded to its `t * h * w / merge_size^2` image tokens and `mm_token_type_ids` marks them
+    (1), as the family's own processor does."""
 
     def __init__(self, tokenizer: Any, image_processor: Any) -> None:
         self.tokenizer, self.image_processor = tokenizer, image_processor
@@ -99,9 +102,27 @@ class _Pair:
     def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
         return self.tokenizer.apply_chat_template(*args, **kwargs)
 
+    def _expanded(self, text: list[str], grids: torch.Tensor) -> list[str]:
+        """`text` with the k-th image placeholder (over all texts, in order) repeated for image k's tokens."""
+        merge = int(getattr(self.image_processor, "merge_size", 1)) ** 2
+        counts = iter((grids.prod(dim=-1) // merge).tolist())
+        expanded = []
+        for one in text:
+            first, *rest = one.split(self.image_token)
+            expanded.append(first + "".join(self.image_token * next(counts) + piece for piece in rest))
+        return expanded
+
     def __call__(self, text: list[str], images: list[Image.Image], **kwargs: Any) -> dict[str, Any]:
+        pixels = dict(self.image_processor(images, return_tensors="pt"))
+        grids = pixels.get("image_grid_thw")
+        if grids is not None and self.image_token is not None:
+            text = self._expanded(text, grids)
         encoded = dict(self.tokenizer(text, **kwargs))
-        encoded.update(self.image_processor(images, return_tensors=kwargs.get("return_tensors")))
+        encoded.update(pixels)
+        if grids is not None and self.image_token is not None:
+            ids = encoded["input_ids"]
+            image = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            encoded["mm_token_type_ids"] = (torch.as_tensor(ids) == image).long()
         return encoded
 
 

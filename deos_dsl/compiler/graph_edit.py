@@ -25,7 +25,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from deos_dsl.errors import DeosCompileError, first_line
 
 from .masking import key_logits, key_mask
-from .trace import TracedModel, propagate
+from .trace import GUARDS, TracedModel, propagate
 
 SDPA_TARGETS = (torch.ops.aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
 SDPA_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -103,8 +103,11 @@ def _insert(anchor: fx.Node, place: Any, target: Callable[..., Any] | str, args:
 
 
 def redirect_uses(old: fx.Node, new: fx.Node, keep: Callable[[fx.Node], bool] = lambda user: False) -> None:
-    """Every user of `old` except `new` itself (and users with `keep(user)`) now reads `new`."""
-    old.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new and not keep(user))
+    """Every user of `old` except `new` itself (and users with `keep(user)`) now reads `new`;
+    export's input-shape guards keep checking the graph's inputs as given (a stream that is an
+    input, such as a language model's `inputs_embeds`)."""
+    old.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new and not keep(user)
+                              and user.target != GUARDS)
 
 
 def call_on_stream(anchor: fx.Node, target: str, args: tuple[Any, ...], names: tuple[str, ...],

@@ -18,8 +18,8 @@ Every model is returned in eval mode with parameters frozen.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from deos_dsl.frontend.diagnostics import suggest
 
 from .checkpoints import is_checkpoint, load_checkpoint
 from .errors import UnknownModelError
+from .prelude import split_at_language_model, split_family
 from .tiny_models import BATCH, TINY_MODELS
 
 Span = tuple[int, int]
@@ -40,6 +41,8 @@ class LoadedModel:
 
     `spans` maps a role to the reducible token span `[start, end)` of its stream when it cannot
     be inferred from the graph; `roles` maps a role to a module-path prefix (an override).
+    `prelude` (a family split at its language model, `prelude.py`) maps the processor's inputs
+    to `model`'s: `model` is then the language model and its head, `kwargs` already mapped.
     """
 
     name: str
@@ -50,6 +53,16 @@ class LoadedModel:
     spans: dict[str, Span] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     processor: Any = None  # a checkpoint's processor (tokenizer, image processor, chat template)
+    prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def split(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` split at its language model when its family is one of `prelude.SPLIT_FAMILIES`."""
+    if not split_family(loaded.model):
+        return loaded
+    head, prelude, prepared = split_at_language_model(loaded.model, loaded.kwargs)
+    source = f"{loaded.source}; split at the language model (its vision tower runs before the traced graph)"
+    return replace(loaded, model=head, kwargs=prepared, prelude=prelude, source=source)
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -77,8 +90,8 @@ def _tiny(name: str) -> LoadedModel:
     tiny = TINY_MODELS[name]
     torch.manual_seed(0)
     model = _frozen(tiny.build(transformers))
-    return LoadedModel(f"hf:{name}", model, kwargs=tiny.inputs(model), source="random init (tiny config, no download)",
-                       spans=dict(tiny.spans))
+    return split(LoadedModel(f"hf:{name}", model, kwargs=tiny.inputs(model), source="random init (tiny config, no download)",
+                             spans=dict(tiny.spans)))
 
 
 LLAVA = "embedded:llava"
@@ -140,7 +153,7 @@ def resolve_model(name: str, dtype: str = "float32", device: str = "cpu") -> Loa
         return _from_factory(name)
     if is_checkpoint(name):
         model, processor, inputs, source = load_checkpoint(name, dtype, device)
-        return LoadedModel(name, model, kwargs=inputs, source=source, processor=processor)
+        return split(LoadedModel(name, model, kwargs=inputs, source=source, processor=processor))
     if not (name.startswith("hf:") and name.removeprefix("hf:") in TINY_MODELS):
         known = ", ".join(MODEL_NAMES)
         hint = suggest(name, MODEL_NAMES[:-3])

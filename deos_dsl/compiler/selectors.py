@@ -27,6 +27,7 @@ from deos_dsl.frontend import ir
 from deos_dsl.frontend.diagnostics import suggest, with_sources
 
 from .blocks import Block, BlockMap, dataflow
+from .prelude import LanguageHead
 
 
 def layer_index(num: ir.Num, length: int) -> int:
@@ -54,6 +55,10 @@ def select(selector: ir.Selector, block_map: BlockMap, diagnostics: list[Diagnos
     if path not in lists:
         known = ", ".join(f"`{name}`" for name in lists) or "none"
         hint = suggest(path, lists) or f"this model's block lists: {known}"
+        if isinstance(block_map.traced.root, LanguageHead) and selector.role in ("vision", "projector"):
+            hint = ("this model is split at its language model (docs/compiler.md): its vision tower and merger run "
+                    "before the traced graph; the merger's tokens are those entering the decoder, reduced by "
+                    "`site decoder.layers[0] { at: before }`")
         report_at(diagnostics, selector, f"the model has no `{path}` (no {selector.role} blocks were found)", hint)
         return []
     blocks = lists[path]

@@ -120,12 +120,22 @@ def _llava_next_inputs(_: nn.Module) -> dict[str, Any]:
     return {"input_ids": text_ids(36, 48), "pixel_values": pixels(32, 2), "image_sizes": SAME_IMAGES(None)}
 
 
+QWEN_VISION = dict(patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_heads=4, hidden_size=32)
+QWEN_TEXT = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+
+
 def _qwen2_vl(tf: Any) -> nn.Module:
-    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, patch_size=8, spatial_merge_size=2,
-                  temporal_patch_size=2, mlp_ratio=2)
-    text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
-    return tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=vision, text_config=text,
+    vision = dict(QWEN_VISION, depth=2, embed_dim=32, mlp_ratio=2)
+    return tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=vision, text_config=QWEN_TEXT,
                                                                image_token_id=IMAGE_TOKEN, vision_start_token_id=101))
+
+
+def _qwen2_5_vl(tf: Any) -> nn.Module:
+    # 4 blocks: windowed attention (16-pixel windows, 2x2 patches) in 0 and 2, full in 1 and 3
+    vision = dict(QWEN_VISION, depth=4, intermediate_size=64, out_hidden_size=32, window_size=16,
+                  fullatt_block_indexes=[1, 3])
+    return tf.Qwen2_5_VLForConditionalGeneration(tf.Qwen2_5_VLConfig(vision_config=vision, text_config=QWEN_TEXT,
+                                                                     image_token_id=IMAGE_TOKEN, vision_start_token_id=101))
 
 
 def _qwen2_vl_inputs(_: nn.Module) -> dict[str, Any]:
@@ -231,5 +241,7 @@ TINY_MODELS: dict[str, TinyModel] = {
                              num_attention_heads=4, word_embed_proj_dim=32, use_cache=False),
             num_query_tokens=4, image_token_index=IMAGE_TOKEN)),
         _prompt(4)),
+    # split at the language model (`prelude.py`): the vision tower runs eagerly before the traced graph
     "Qwen2VLForConditionalGeneration": TinyModel(_qwen2_vl, _qwen2_vl_inputs),
+    "Qwen2_5_VLForConditionalGeneration": TinyModel(_qwen2_5_vl, _qwen2_vl_inputs),
 }

@@ -46,6 +46,7 @@ from .errors import UntraceableModelError
 EXPORT, SYMBOLIC, LANGUAGE_MODEL = "torch.export", "torch.fx.symbolic_trace", "torch.export (language model on inputs_embeds)"
 TRACERS = (EXPORT, SYMBOLIC, LANGUAGE_MODEL)
 GIVEN_GRAPH, GIVEN_PROGRAM = "given fx.GraphModule", "given ExportedProgram"
+GUARDS = "_guards_fn"  # the call_module export adds to check the shapes of the graph's inputs
 LANGUAGE_MODEL_PATHS = ("model.language_model", "language_model")
 HINT = ("make the forward traceable (no Python control flow on tensor values; see "
         "docs/operator.md), or trace it yourself and pass the fx.GraphModule / ExportedProgram "

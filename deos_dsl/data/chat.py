@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -29,6 +29,7 @@ from .encoded import IGNORE, Encoded
 from .examples import HINT, MAX_REPORTED, Example
 
 DEFAULT_TEMPLATE = "USER: {images}\n{prompt} ASSISTANT:"
+PRELUDE_ROWS = 16  # examples per call of a model's prelude (its vision tower runs on them at once)
 PROCESSOR_HINT = "load the model with its processor (a `save_pretrained` directory holding the tokenizer and image processor)"
 
 
@@ -54,16 +55,19 @@ class ChatEncoder:
     attention_mask, pixel_values, ...; targets = next-token ids) from `examples`."""
 
     def __init__(self, processor: Any, examples: list[Example], length: int | None = None,
-                 families: tuple[str, ...] | None = None) -> None:
+                 families: tuple[str, ...] | None = None,
+                 prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """`length`: pad every batch to this many tokens (default: the longest example; an
         example longer than it is refused); `families`: the family names, in order (default:
-        those of `examples`, sorted)."""
+        those of `examples`, sorted); `prelude`: maps the processor's output to the model's
+        inputs (a model split at its language model, `LoadedModel.prelude`), `PRELUDE_ROWS`
+        examples at a time."""
         tokenizer, image_token = getattr(processor, "tokenizer", None), getattr(processor, "image_token", None)
         if tokenizer is None or image_token is None:
             raise DataError(f"the model's processor ({type(processor).__name__}) has no tokenizer or no image token",
                             PROCESSOR_HINT)
         tokenizer.padding_side = "right"
-        self.processor, self.image_token = processor, image_token
+        self.processor, self.image_token, self.prelude = processor, image_token, prelude
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.examples = examples
         self.rows, problems = [], []
@@ -82,9 +86,12 @@ class ChatEncoder:
             problems = [f"{ex.where}: {len(row.ids)} tokens, more than the {length} every batch is padded to"
                         for ex, row in zip(examples, self.rows) if len(row.ids) > length]
         if problems:
+            sizes = {row.span[1] - row.span[0] for row in self.rows}
             raise DataError(f"{len(problems)} example(s) the model's processor cannot take:\n"
                             + "\n".join(f"  {p}" for p in problems[:MAX_REPORTED]),
-                            "put the images at the start of every prompt (the template does), one run of image tokens "
+                            ("resize every image to one size: this model gives each image size its own number of "
+                             "image tokens, and a space's sites act on one span; " if len(sizes) > 1 else "")
+                            + "put the images at the start of every prompt (the template does), one run of image tokens "
                             "at the same place in every example; " + HINT)
         self.length = length or max(len(row.ids) for row in self.rows)
         self.families = families or tuple(sorted({ex.family for ex in examples if ex.family is not None}))
@@ -131,13 +138,20 @@ class ChatEncoder:
             raise ValueError("the image tokens are not one contiguous run (text between images)")
         return Row(ids, len(prompt), (where[0], where[-1] + 1))
 
-    def batch(self, indices: list[int]) -> Encoded:
-        """Examples `indices`, right-padded to the dataset's longest example."""
-        chosen = [self.examples[i] for i in indices]
+    def _inputs(self, chosen: list[Example]) -> dict[str, torch.Tensor]:
+        """The model's inputs for `chosen`: the processor's tensors (through the prelude)."""
         images = [load_image(image) for ex in chosen for image in ex.images]
         encoded = self.processor(text=[self.text(ex) for ex in chosen], images=images, padding="max_length",
                                  max_length=self.length, return_tensors="pt")
         kwargs = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        return kwargs if self.prelude is None else self.prelude(kwargs)
+
+    def batch(self, indices: list[int]) -> Encoded:
+        """Examples `indices`, right-padded to the dataset's longest example."""
+        chosen = [self.examples[i] for i in indices]
+        step = PRELUDE_ROWS if self.prelude is not None else max(len(chosen), 1)
+        parts = [self._inputs(chosen[lo:lo + step]) for lo in range(0, len(chosen), step)]
+        kwargs = parts[0] if len(parts) == 1 else {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         targets = torch.full((len(chosen), self.length), IGNORE, dtype=torch.long)
         positions = torch.zeros(len(chosen), self.length, dtype=torch.bool)
         for b, row in enumerate(self.rows[i] for i in indices):

@@ -6,15 +6,16 @@ space on a model (`emit`: model.pt2, model.py, plan.json) and its symbolic cost 
 >>> emitted = compile_emitted(space, resolve_model("embedded"))  # the whole emit route
 >>> cost, schedule = cost_space(space, resolve_model("hf:Qwen2Model"))
 >>> checked = check_space(space, resolve_model("hf:Gemma2Model"))  # what `deos compile` checks
+>>> model = load_emitted(Path("run/emitted"))  # called with the processor's inputs
 """
 
 from .check import Checked, check_space
 from .compile import Bound, attach_cost, bind, bind_model, bind_traced, discretise, relax
 from .cost import cost_space, search_flops
-from .emit import ARTIFACTS, Emitted, compile_emitted, export_program, unsafe_payloads, write_artifacts
+from .emit import ARTIFACTS, Emitted, compile_emitted, export_program, load_emitted, unsafe_payloads, write_artifacts
 
 __all__ = [
     "ARTIFACTS", "Bound", "Checked", "Emitted", "attach_cost", "bind", "bind_model", "bind_traced", "check_space",
     "compile_emitted", "cost_space",
-    "discretise", "export_program", "relax", "search_flops", "unsafe_payloads", "write_artifacts",
+    "discretise", "export_program", "load_emitted", "relax", "search_flops", "unsafe_payloads", "write_artifacts",
 ]

@@ -28,8 +28,14 @@ only once everything is written (never a half-written `out`):
   runs with torch alone; every payload is raw tensor data or loads with `weights_only=True`
   (checked by `unsafe_payloads`), so loading never unpickles an arbitrary object;
 - `model.py`: the emitted fx graph's generated code (`gm.code`);
-- `plan.json`: model, space, tracer, and per site its gate, keep count, regime parameters and
-  the tokens entering / leaving it.
+- `plan.json`: model, space, tracer, the weights' dtype, and per site its gate, keep count,
+  regime parameters and the tokens entering / leaving it; `prelude: true` for a model split
+  at its language model (`compiler/prelude.py`): `model.pt2` then holds the language model and
+  head, called with the prelude's outputs.
+
+`load_emitted(directory)` returns the emitted model called like the model it came from, with the
+processor's inputs: the program alone, or (a split model) the checkpoint's own prelude, loaded
+with transformers from the directory plan.json names, followed by the program.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from deos_dsl.compiler.blocks import BlockMap, Stack, build_block_map
 from deos_dsl.compiler.errors import ReducedModelError, UntraceableModelError
 from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
-from deos_dsl.compiler.models import LoadedModel
+from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
 from deos_dsl.errors import DeosCompileError, first_line
@@ -75,6 +81,7 @@ class Emitted:
     module: nn.Module
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    prelude: bool = False  # the model was split at its language model: `module` takes the prelude's outputs
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -91,7 +98,9 @@ class Emitted:
             n_in, n_out = self.lengths.get(name, (None, None))
             entry.update(tokens_in=n_in, tokens_out=n_out)
             sites.append(entry)
-        return {"model": self.model_name, "space": self.space_name, "tracer": self.traced.tracer, "sites": sites}
+        floating = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
+        return {"model": self.model_name, "space": self.space_name, "tracer": self.traced.tracer,
+                "dtype": str(floating).removeprefix("torch."), "prelude": self.prelude, "sites": sites}
 
 
 def _trace_for_emit(loaded: LoadedModel) -> TracedModel:
@@ -182,6 +191,7 @@ def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir
     settings of that bound site (a searched schedule: fixed gate, keep count and regime). The
     emitted model is run once on the example inputs. Raises `DeosCompileError` / `SpaceError`."""
     emitted = _emitted(space, loaded, settings)
+    emitted.prelude = loaded.prelude is not None
     try:
         with torch.no_grad():
             emitted.run()
@@ -267,3 +277,33 @@ def write_artifacts(emitted: Emitted, out: Path) -> list[Path]:
 
     write_directory_atomically(out, fill)
     return [out / name for name in ARTIFACTS]
+
+
+class WithPrelude(nn.Module):
+    """An emitted program of a model split at its language model, called with the processor's
+    inputs: `program(**prelude(kwargs))`."""
+
+    def __init__(self, program: nn.Module, prelude: Any) -> None:
+        super().__init__()
+        self.program, self.prelude = program, prelude
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.program(**self.prelude(kwargs))
+
+
+def load_emitted(directory: Path, trust_code: bool = False) -> nn.Module:
+    """The emitted model in `directory` (module docstring); a `module:` model named by its
+    plan runs only with `trust_code`. Raises `DeosCompileError` for a missing or corrupt one."""
+    try:
+        plan = json.loads((directory / "plan.json").read_text(encoding="utf-8"))
+        program = torch.export.load(directory / "model.pt2").module()
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise DeosCompileError(f"{directory} holds no readable emitted model ({first_line(error)[:200]})",
+                               "emit it again: deos emit") from None
+    if not plan.get("prelude"):
+        return program
+    if str(plan["model"]).startswith("module:") and not trust_code:
+        raise DeosCompileError(f"{directory / 'plan.json'} names model `{plan['model']}`: loading its prelude runs that "
+                               "Python code", "if you trust it, pass trust_code=True")
+    loaded = resolve_model(str(plan["model"]), str(plan.get("dtype", "float32")))
+    return WithPrelude(program, loaded.prelude)

@@ -3,7 +3,7 @@
 `checkpoint.pt` holds `{"format", "step", "modules", "optimizer", "lagrangian", "usefulness"}`:
 the number of steps done, every site module's state dict, the optimiser's and the
 multipliers' state and the running usefulness estimates. Nothing else is needed: a step's
-data and gate noise are functions of (seed, rank, step) alone (`data.py`, `loop.step_noise`).
+data is a function of (seed, rank, step) and the gate noise of (seed, step) alone (`loop.step_noise`).
 It is written to a temporary file and renamed (`deos_dsl.files.write_atomically`), so a kill
 leaves the previous checkpoint or the new one, never a torn file; it is read with
 `torch.load(weights_only=True)` (tensors, numbers, strings, lists and dicts only: never an

@@ -10,6 +10,13 @@ gradients averaged; the frozen model is never synchronised after the start) and 
 shard of every batch (`data.DataSpec.train_batch`). Without torchrun (`WORLD_SIZE` unset or
 1) nothing is initialised and `World()` is the single process. Gradient accumulation over
 micro-batches synchronises the last one only (`no_sync`); `peak_memory` is what a run used.
+
+Sharded (`--shard`, FSDP2): instead of DDP, every BLOCK part of the relaxed graph
+(`recompute.partitioned`) goes through `torch.distributed.fsdp.fully_shard` over all processes:
+each process keeps 1/W of every block's frozen weights and gathers one block's at a time (before
+its forward, again before its backward), the operator parameters stay replicated
+(`ignored_params`), and their gradients are averaged by `average_gradients` after the last
+micro-batch; `release` then frees the full copies of the sharded weights the loaded model held.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from deos_dsl.errors import SearchError
@@ -104,3 +113,36 @@ def mean_over(values: torch.Tensor, world: World) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / world.size
+
+
+def shard(blocks: list[nn.Module], world: World, device: torch.device, replicated: set[nn.Parameter]) -> list[nn.Parameter]:
+    """Shard every module of `blocks` over the processes with FSDP2 (module docstring), the
+    `replicated` parameters left whole; returns the full parameters that were sharded (their
+    storage is the loaded model's: free it with `release` once nothing runs the unsharded graph)."""
+    mesh = init_device_mesh(device.type, (world.size,))
+    full: list[nn.Parameter] = []
+    for block in blocks:
+        frozen = [param for param in block.parameters() if param not in replicated]
+        full += frozen
+        fully_shard(block, mesh=mesh, ignored_params={param for param in block.parameters() if param in replicated},
+                    reshard_after_forward=True)
+    return full
+
+
+def release(params: list[nn.Parameter]) -> int:
+    """Free the storage of `params` (their values now live in shards); returns the bytes freed."""
+    freed = 0
+    for param in {id(p): p for p in params}.values():
+        freed += param.numel() * param.element_size()
+        param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+    return freed
+
+
+def average_gradients(params: list[nn.Parameter], world: World) -> None:
+    """Average the gradients of the replicated `params` over the processes (what DDP does)."""
+    if world.size == 1:
+        return
+    for param in params:
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world.size

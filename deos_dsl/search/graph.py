@@ -17,8 +17,10 @@ batch onto them; an exported graph's pytree input and output handling is removed
 model's output is rebuilt from its leaves, `model_output`). A graph traced by `torch.export`
 is specialised to the batch size it was traced at: the search traces at its own batch shape.
 
-`install` swaps the site modules of the relaxed graph (e.g. the discrete modules of a
-schedule, for validation); the model itself is never modified and stays frozen.
+`installed` swaps the site modules of the relaxed graph, or of a split of it (e.g. the discrete
+modules of a schedule, for validation); `sites_off` closes every site's gate, which makes the
+relaxed graph compute the dense model (what a sharded search uses as its dense reference);
+the model itself is never modified and stays frozen.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from torch import Tensor, fx
+from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
 from deos_dsl.compiler.blocks import Block, BlockMap, build_block_map
@@ -97,9 +99,9 @@ class SearchGraph:
         """The model's own output from the graph's first output (its leaves, for an export)."""
         return output if self.out_spec is None else pytree.tree_unflatten(list(output), self.out_spec)
 
-    def run(self, batch: Encoded) -> Any:
-        """The model output of the relaxed graph on `batch`."""
-        return self.model_output(self.gm(*self.inputs(batch))[0])
+    def run(self, batch: Encoded, model: nn.Module | None = None) -> Any:
+        """The model output of the relaxed graph (or of `model`, a split of it) on `batch`."""
+        return self.model_output((model or self.gm)(*self.inputs(batch))[0])
 
     def run_dense(self, batch: Encoded, stream: Tensor) -> tuple[Any, Tensor]:
         """`(model output, hidden)` of the dense reference from the relaxed graph's `stream`."""
@@ -188,14 +190,30 @@ def build_search_graph(space: ir.Space, loaded: LoadedModel) -> SearchGraph:
 
 
 @contextmanager
-def installed(graph: SearchGraph, modules: dict[str, SiteModule]) -> Iterator[None]:
-    """Run the relaxed graph with `modules` in place of its own site modules, then restore them."""
-    previous = {name: getattr(graph.gm, graph.submodule(name)) for name in modules}
+def installed(graph: SearchGraph, modules: dict[str, SiteModule], root: nn.Module | None = None) -> Iterator[None]:
+    """Run the relaxed graph (or `root`, a split of it whose parts hold the site modules) with
+    `modules` in place of its own site modules, then restore them."""
+    holders = {name: next(holder for holder in (root or graph.gm).modules() if graph.submodule(name) in holder._modules)
+               for name in modules}
+    previous = {name: getattr(holders[name], graph.submodule(name)) for name in modules}
     try:
         for name, module in modules.items():
-            setattr(graph.gm, graph.submodule(name), module)
+            setattr(holders[name], graph.submodule(name), module)
         yield
     finally:
         for name, module in previous.items():
-            setattr(graph.gm, graph.submodule(name), module)
+            setattr(holders[name], graph.submodule(name), module)
 
+
+@contextmanager
+def sites_off(modules: dict[str, SiteModule]) -> Iterator[None]:
+    """Every site's gate sample at 0 (each passes its stream through unchanged, no key bias),
+    then the samples as they were."""
+    previous = {name: module.gate_sample for name, module in modules.items()}
+    try:
+        for module in modules.values():
+            module.gate_sample = torch.zeros((), device=module.alpha.device)
+        yield
+    finally:
+        for name, sample in previous.items():
+            modules[name].gate_sample = sample

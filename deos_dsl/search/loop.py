@@ -2,8 +2,9 @@
 
 Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.annealed`):
 1. every site's soft top-k temperature is set to `T_s`; every LEARNED gate gets one relaxed
-   sample per example (`relaxation.gate_noise`, from a generator seeded by (seed, rank, s)
-   alone, so a resumed run draws exactly the same noise);
+   sample per example (`relaxation.gate_noise`, drawn for the GLOBAL batch from a generator
+   seeded by (seed, s) alone, each process taking its rows: a resumed run draws exactly the
+   same noise, and W processes the same as one);
 2. constraints on the EXPECTED schedule: `TokenFlow` with each gate's `E[z]` at `T_s` and each
    site's keep rule; violations `g`, penalty `mu * max(0, g) + rho / 2 * max(0, g)^2`
    (`lagrangian.py`); its gradient is taken first, apart (it depends on the parameters alone);
@@ -12,7 +13,8 @@ Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.a
    `align * ||h - h_dense||^2 / ||h_dense||^2`, the relative squared error of the final hidden
    states on the protected (non-reducible, non-padding) positions, per example; the dense
    reference runs without gradient only when needed (align > 0 or kl);
-4. backward of the objective (averaged over processes by DDP; with `accumulate` N, the batch of
+4. backward of the objective (averaged over processes by DDP, or, with `shard`, the blocks'
+   weights sharded by FSDP2 and the operator gradients all-reduced: `ddp.py`; with `accumulate` N, the batch of
    each process runs as N micro-batches whose gradients add up, the gate noise drawn for the
    whole batch first, so the update is the one batch's: activations of one micro-batch at a
    time, and only the last one synchronises; with `recompute`, each block's activations are
@@ -56,12 +58,12 @@ from . import ddp
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
 from .discretise import Discretiser, Schedule, site_retains
-from .graph import SearchGraph, build_search_graph
+from .graph import SearchGraph, build_search_graph, sites_off
 from .lagrangian import AugmentedLagrangian
 from .log import JsonLog, Progress, read_log
 from .plots import plot_trajectories
 from .relaxation import annealed, expected_gate, gate_from_noise, gate_noise
-from .recompute import recomputed
+from .recompute import partitioned
 from .result import Run, read_run, write_result, write_run
 from .validate import dense_accuracy, schedule_accuracy
 
@@ -83,6 +85,7 @@ class Options:
     dtype: str = "auto"
     accumulate: int = 1
     recompute: bool = False
+    shard: bool = False
 
 
 @dataclass
@@ -106,9 +109,10 @@ def number(expr: ir.Expr | None) -> float:
     return expr.value
 
 
-def step_noise(seed: int, rank: int, step: int) -> torch.Generator:
-    """The generator of the gate noise of `step` on `rank` (a function of the three alone)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) % (1 << 63))
+def step_noise(seed: int, step: int) -> torch.Generator:
+    """The generator of the gate noise of `step`'s global batch (a function of the two alone;
+    the generator rank 0 used when each process drew its own, so one-process runs are unchanged)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 * 1_000_033 + step) % (1 << 63))
 
 
 def absolute(name: str) -> str:
@@ -226,8 +230,14 @@ class Search:
                 raise SearchError(f"checkpoint {self.out / CHECKPOINT} does not fit this search ({first_line(error)[:200]})",
                                   "delete it and run the search again without --resume") from None
             self.usefulness, start = dict(self.state["usefulness"]), self.state["step"]
-        model = recomputed(self.graph.gm, self.graph.block_map) if self.options.recompute else self.graph.gm
-        self.model = ddp.replicate(model, self.world, self.device)
+        self.sharded = self.options.shard and self.world.size > 1
+        if self.sharded:
+            parts = partitioned(self.graph.gm, self.graph.block_map, self.options.recompute)
+            ddp.release(ddp.shard(parts.blocks, self.world, self.device, set(self.params)))
+            self.model = parts.module  # the only graph left with the blocks' weights
+        else:
+            split = partitioned(self.graph.gm, self.graph.block_map, True).module if self.options.recompute else None
+            self.model = ddp.replicate(split or self.graph.gm, self.world, self.device)
         return start
 
     def run(self) -> Outcome:
@@ -287,7 +297,7 @@ class Search:
             reference = None
             if weight > 0 or kl:
                 with torch.no_grad():
-                    reference = self.graph.run_dense(batch, stream)
+                    reference = self._dense(batch, stream)
         logits = self.task.logits(output)
         task = self.task.loss(logits, batch, objective.task, None if reference is None else self.task.logits(reference[0]))
         align = torch.zeros((), device=self.device)
@@ -298,6 +308,15 @@ class Search:
             target = (reference[1].float().square().sum(-1) * keep).sum(-1)
             align = (error / target.clamp_min(1e-12)).mean()
         return {"task": task, "align": align, "objective": task + weight * align}
+
+    def _dense(self, batch: Encoded, stream: Tensor) -> tuple[Any, Tensor]:
+        """`(model output, hidden)` of the dense model: the dense reference graph from the
+        relaxed graph's `stream`; sharded, the sharded relaxed graph with every site off."""
+        if not self.sharded:
+            return self.graph.run_dense(batch, stream)
+        with sites_off(self.graph.modules):
+            output, hidden, _ = self.model(*self.graph.inputs(batch))
+        return self.graph.model_output(output), hidden
 
     def step(self, step: int) -> dict[str, Any]:
         """One search step (module docstring, 1-4) after `prepare()`; returns its log record."""
@@ -310,13 +329,15 @@ class Search:
             if values else torch.zeros(0, device=self.device)
         penalty = lagrangian.penalty_terms(violations).sum()
         penalty_grads = torch.autograd.grad(penalty, self.params, allow_unused=True) if penalty.requires_grad else None
-        generator = step_noise(self.run_info.seed, self.world.rank, step)
+        generator = step_noise(self.run_info.seed, step)
         local = self.run_info.batch_size // self.world.size
+        mine = slice(self.world.rank * local, (self.world.rank + 1) * local)  # this process's rows of the batch
         noise: dict[str, Tensor] = {}
         for name, module in modules.items():
             module.temperature.fill_(temperature)
             if module.gate_param.learned:
-                noise[name] = gate_noise(local, generator).to(device=module.alpha.device, dtype=module.alpha.dtype)
+                drawn = gate_noise(self.run_info.batch_size, generator)[mine]
+                noise[name] = drawn.to(device=module.alpha.device, dtype=module.alpha.dtype)
         optimizer.zero_grad(set_to_none=True)
         batch = self.task.train_batch(step, self.run_info.batch_size, self.world.rank, self.world.size).to(self.device)
         parts = self.options.accumulate
@@ -329,6 +350,8 @@ class Search:
                 losses = self._objective(batch.rows(rows.start, rows.stop), objective)
                 (losses["objective"] / parts).backward()
             totals += torch.stack([losses[key].detach() for key in ("objective", "task", "align")]) / parts
+        if self.sharded:
+            ddp.average_gradients(self.params, self.world)
         for module in modules.values():
             module.gate_sample = None
         self._update_usefulness()
@@ -378,13 +401,16 @@ class Search:
         discretiser = Discretiser(self.constraints, self.graph.modules, self.retains, self.usefulness, expected)
         schedule = discretiser.run(number(policy.snap))
         outcome.schedule = schedule
-        if not self.world.main:
+        if not (self.world.main or self.sharded):  # a sharded graph runs on every process at once
             return
         settings = schedule.settings({site.name: self.space.sites[site.site_index] for site in self.graph.sites})
         if self.options.val_size > 0:
             batch = self.task.eval_batch(self.options.val_size, "val")
-            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, self.task, settings, batch, self.device),
-                                "dense": dense_accuracy(self.graph, self.task, batch, self.device)}
+            model = self.model if self.sharded else None
+            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, self.task, settings, batch, self.device, model),
+                                "dense": dense_accuracy(self.graph, self.task, batch, self.device, model)}
+        if not self.world.main:
+            return
         data = schedule.to_json()
         data.update(space=self.space.name, model=self.run_info.model, data=self.run_info.data,
                     targets={limit.label: limit.target for limit in self.constraints.limits},

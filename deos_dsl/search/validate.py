@@ -12,6 +12,7 @@ and so the graph's batch size (an exported graph is traced at the search's batch
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.sites import site_module
@@ -20,7 +21,7 @@ from deos_dsl.data import Encoded
 from deos_dsl.frontend import ir
 from deos_dsl.tasks import Task
 
-from .graph import SearchGraph, installed
+from .graph import SearchGraph, installed, sites_off
 
 FREE_CHUNK = 250  # examples per call where the graph takes any batch size
 
@@ -45,14 +46,22 @@ def _chunk(graph: SearchGraph) -> tuple[int, bool]:
 
 
 def schedule_accuracy(graph: SearchGraph, task: Task, settings: dict[str, ir.SiteSettings], batch: Encoded,
-                      device: torch.device) -> dict[str, float]:
-    """Accuracy (%) per family and overall of the discrete schedule `settings` on `batch`."""
+                      device: torch.device, model: nn.Module | None = None) -> dict[str, float]:
+    """Accuracy (%) per family and overall of the discrete schedule `settings` on `batch`
+    (through `model`, a split of the relaxed graph, when given: a sharded search's)."""
     chunk, fixed = _chunk(graph)
-    with installed(graph, discrete_modules(graph, settings, device)):
-        return task.evaluate(graph.run, batch, device, chunk, fixed)
+    with installed(graph, discrete_modules(graph, settings, device), model):
+        return task.evaluate(lambda rows: graph.run(rows, model), batch, device, chunk, fixed)
 
 
-def dense_accuracy(graph: SearchGraph, task: Task, batch: Encoded, device: torch.device) -> dict[str, float]:
-    """Accuracy (%) of the unreduced model on `batch`."""
-    model = graph.loaded.model.to(device)
-    return task.evaluate(lambda rows: model(*rows.args, **rows.kwargs), batch, device, FREE_CHUNK)
+def dense_accuracy(graph: SearchGraph, task: Task, batch: Encoded, device: torch.device,
+                   model: nn.Module | None = None) -> dict[str, float]:
+    """Accuracy (%) of the unreduced model on `batch`: the model itself, or `model` (a split of
+    the relaxed graph: a sharded search's, whose loaded model lent it its weights) with every
+    site off."""
+    if model is None:
+        whole = graph.loaded.model.to(device)
+        return task.evaluate(lambda rows: whole(*rows.args, **rows.kwargs), batch, device, FREE_CHUNK)
+    chunk, fixed = _chunk(graph)
+    with sites_off(graph.modules):
+        return task.evaluate(lambda rows: graph.run(rows, model), batch, device, chunk, fixed)

@@ -71,7 +71,7 @@ def _from_factory(data: str) -> list[Example] | Task:
 def _examples_task(examples: list[Example], loaded: LoadedModel, data: str) -> Task:
     answered = all(example.answer is not None for example in examples)
     if loaded.processor is not None:
-        return LanguageTask(ExampleSource(ChatEncoder(loaded.processor, examples), answered), data)
+        return LanguageTask(ExampleSource(ChatEncoder(loaded.processor, examples, prelude=loaded.prelude), answered), data)
     check_shapes_vqa(loaded, data)
     return ClassifierTask(ExampleSource(VQAEncoder(examples), answered), data)
 
@@ -84,7 +84,7 @@ def make_task(data: str, loaded: LoadedModel) -> Task:
         if limit == 0:
             raise DataError(f"data `{data}` selects no example", "N in `[:N]` must be positive")
         if loaded.processor is not None:
-            return LanguageTask(ProceduralChatSource(loaded.processor, limit), data)
+            return LanguageTask(ProceduralChatSource(loaded.processor, limit, loaded.prelude), data)
         check_shapes_vqa(loaded, data)
         return ClassifierTask(ProceduralSource(limit), data)
     if data.startswith("module:"):

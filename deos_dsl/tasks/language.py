@@ -14,7 +14,7 @@ number of tokens removed (`aligned`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,8 +37,9 @@ class ProceduralChatSource(Source):
 
     families = FAMILIES
 
-    def __init__(self, processor: Any, limit: int | None = None) -> None:
-        self.processor, self.limit = processor, limit
+    def __init__(self, processor: Any, limit: int | None = None,
+                 prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.processor, self.limit, self.prelude = processor, limit, prelude
         probe = [shapes_vqa_example(split, index) for split in SPLITS for index in range(PROBE)]
         self.length = ChatEncoder(processor, probe).length + SLACK
 
@@ -46,7 +47,8 @@ class ProceduralChatSource(Source):
         return self.limit or 2**62  # unbounded: fresh examples every step
 
     def _encode(self, split: str, indices: list[int]) -> Encoded:
-        encoder = ChatEncoder(self.processor, [shapes_vqa_example(split, i) for i in indices], self.length, FAMILIES)
+        encoder = ChatEncoder(self.processor, [shapes_vqa_example(split, i) for i in indices], self.length, FAMILIES,
+                              self.prelude)
         return encoder.batch(list(range(len(indices))))
 
     def batch(self, indices: list[int]) -> Encoded:

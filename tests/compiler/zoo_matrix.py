@@ -111,7 +111,7 @@ def conformance_row(name: str) -> Row:
     except DeosError as error:
         row.refused = reason(error)
         return row
-    row.tracer, row.flops = traced.tracer, cost.dense_flops()
+    row.tracer, row.flops = traced.tracer + (", split at the language model" if loaded.prelude else ""), cost.dense_flops()
     dead = sum(cost.evaluate(expr, cost.point()) for expr in cost.dead.values())
     if traced.tracer != LANGUAGE_MODEL:  # the stand-in is not what the eager model runs
         assert row.flops + dead == eager_flops(loaded), "the dense cost differs from FlopCounterMode"

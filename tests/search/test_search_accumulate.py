@@ -14,7 +14,7 @@ import torch
 
 from deos_dsl.errors import SearchError
 from deos_dsl.search.loop import Options, Search
-from deos_dsl.search.recompute import through_checkpoint, recomputed
+from deos_dsl.search.recompute import partitioned, through_checkpoint
 from search_cases import load_space
 
 STEPS = 3
@@ -58,7 +58,7 @@ def test_recomputed_blocks_give_the_same_loss_and_gradients(tmp_path: Path, mode
     run = Search(load_space(tmp_path, steps=STEPS), model, "embedded", tmp_path / "out",
                  Options(batch_size=4, val_size=0, device="cpu"))
     graph = run.graph
-    split = recomputed(graph.gm, graph.block_map)
+    split = partitioned(graph.gm, graph.block_map, checkpointed=True).module
     parts = [name for name, _ in split.named_children()]
     assert sum(node.target is through_checkpoint for node in split.graph.nodes) == len(graph.block_map.blocks())
     assert len(parts) > len(graph.block_map.blocks())  # glue parts between the blocks

@@ -6,7 +6,6 @@ shorter, `deos evaluate --data` measures it; bad models and bad data are named, 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +14,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
+from checkpoint_cases import run, search_learns_onto_budget
 from tiny_llava import save_tiny_llava, sharpen_and_self_label
 
-from deos_dsl import cli
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.data import ChatEncoder, Example, export_embedded, read_jsonl
 from deos_dsl.errors import DataError, DeosCompileError
@@ -44,13 +42,6 @@ SPACE = """space llava_search {{
   policy {{ steps: 30  lr: 0.1 }}
 }}
 """
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = cli.main([str(a) for a in argv], Console(file=out, width=300, color_system=None),
-                    Console(file=err, width=300, color_system=None))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +100,7 @@ def test_a_search_on_the_checkpoint_and_its_data_end_to_end(task: str, checkpoin
     space = tmp_path / "space.deos"
     space.write_text(SPACE.format(task=task))
     out_dir = tmp_path / "run"
-    code, out, err = run("search", space, "--model", directory, "--data", data, "--out", out_dir, "--batch", "8",
-                         "--val", "16", "--emit")
-    assert code == 0, err
-    losses = [json.loads(line)["task"] for line in (out_dir / "search.jsonl").read_text().splitlines()]
-    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])  # the operator parameters learn
-    schedule = json.loads((out_dir / "schedule.json").read_text())
-    assert schedule["constraints"]["tokens.mean <= 50%"] == pytest.approx(0.5)  # exactly onto the budget
+    search_learns_onto_budget(space, directory, data, out_dir)
     plan = json.loads((out_dir / "emitted" / "plan.json").read_text())
     active = [site for site in plan["sites"] if site["active"]]
     assert active and all(site["tokens_out"] < site["tokens_in"] for site in active)

@@ -17,6 +17,7 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from deos_dsl.compiler.models import resolve_model
 from deos_dsl.data import ChatEncoder, read_jsonl
 from deos_dsl.embedded.vqa import ANSWERS, QUESTION_WORDS
 
@@ -54,16 +55,18 @@ def sharpen_and_self_label(directory: Path, data: Path, scale: float = 30.0) -> 
     """Give the random model confident answers (its output layer scaled by `scale`) and write
     them as the answers of the JSONL `data` (each example's most likely shapes-VQA answer word):
     the dense model then scores 100% and a reduction that loses information costs loss, which
-    is what a search on a random model can show."""
+    is what a search on a random model can show. Any checkpoint deos loads (LLaVA, Qwen2-VL)."""
     model = tf.AutoModelForImageTextToText.from_pretrained(directory)
     with torch.no_grad():
-        model.lm_head.weight.mul_(scale)
+        model.get_output_embeddings().weight.mul_(scale)
     model.save_pretrained(directory)
-    processor = tf.AutoProcessor.from_pretrained(directory)
+    loaded = resolve_model(str(directory))
     examples = [replace(example, answer=None) for example in read_jsonl(data)]
-    batch = ChatEncoder(processor, examples).batch(list(range(len(examples))))
-    answer_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(answer) for answer in ANSWERS])
+    batch = ChatEncoder(loaded.processor, examples, prelude=loaded.prelude).batch(list(range(len(examples))))
+    answer_ids = torch.tensor([loaded.processor.tokenizer.convert_tokens_to_ids(answer) for answer in ANSWERS])
     with torch.no_grad():
-        chosen = model(**batch.kwargs).logits[batch.positions][:, answer_ids].argmax(-1)
+        output = loaded.model(**batch.kwargs)  # a split model's language head returns the logits themselves
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    chosen = logits[batch.positions][:, answer_ids].argmax(-1)
     lines = [json.loads(line) for line in data.read_text().splitlines()]
     data.write_text("".join(json.dumps({**line, "answer": ANSWERS[k]}) + "\n" for line, k in zip(lines, chosen.tolist())))
