@@ -115,14 +115,11 @@ class _Pair:
     def __call__(self, text: list[str], images: list[Image.Image], **kwargs: Any) -> dict[str, Any]:
         pixels = dict(self.image_processor(images, return_tensors="pt"))
         grids = pixels.get("image_grid_thw")
-        if grids is not None and self.image_token is not None:
-            text = self._expanded(text, grids)
-        encoded = dict(self.tokenizer(text, **kwargs))
-        encoded.update(pixels)
-        if grids is not None and self.image_token is not None:
-            ids = encoded["input_ids"]
-            image = self.tokenizer.convert_tokens_to_ids(self.image_token)
-            encoded["mm_token_type_ids"] = (torch.as_tensor(ids) == image).long()
+        if grids is None or self.image_token is None:
+            return {**self.tokenizer(text, **kwargs), **pixels}
+        encoded = {**self.tokenizer(self._expanded(text, grids), **kwargs), **pixels}
+        image = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        encoded["mm_token_type_ids"] = (torch.as_tensor(encoded["input_ids"]) == image).long()
         return encoded
 
 

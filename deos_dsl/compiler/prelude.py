@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UntraceableModelError
-from .trace import EAGER_TOLERANCE, language_model_of
+from .trace import EAGER_TOLERANCE, language_model_of, relative_error
 
 SPLIT_FAMILIES = {
     "qwen2_vl": "Qwen2-VL: vision tower over flattened patches cut by grid sizes read from the inputs, M-RoPE",
@@ -43,7 +43,6 @@ SPLIT_FAMILIES = {
     "mistral3": "Mistral3 (Pixtral tower): patches merged per image by sizes read from the inputs",
     "internvl": "InternVL: its whole export returns the vision features at the traced token count",
 }
-HEAD_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "attention_mask")
 ROUTE = "split at the language model"
 
 
@@ -138,7 +137,7 @@ def split_at_language_model(model: nn.Module, kwargs: dict[str, Any]) -> tuple[L
     except (ValueError, TypeError, KeyError, RuntimeError) as error:
         raise UntraceableModelError([(ROUTE, f"{type(error).__name__}: {str(error).splitlines()[0]}")],
                                     "report the model family") from None
-    error = float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp_min(1e-6))
+    error = relative_error(want, got)
     if not error <= EAGER_TOLERANCE.get(want.dtype, 1e-3):
         raise UntraceableModelError([(ROUTE, f"the language model and head alone differ from the whole model by "
                                              f"{error:.2g} of its logits' scale")], "report the model family")

@@ -120,22 +120,24 @@ def _llava_next_inputs(_: nn.Module) -> dict[str, Any]:
     return {"input_ids": text_ids(36, 48), "pixel_values": pixels(32, 2), "image_sizes": SAME_IMAGES(None)}
 
 
-QWEN_VISION = dict(patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_heads=4, hidden_size=32)
+QWEN_COMMON = dict(patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_heads=4, hidden_size=32)
+QWEN_VISIONS = {  # by model type; Qwen2.5-VL: windowed attention (16-pixel windows) in blocks 0 and 2, full in 1 and 3
+    "qwen2_vl": dict(QWEN_COMMON, depth=2, embed_dim=32, mlp_ratio=2),
+    "qwen2_5_vl": dict(QWEN_COMMON, depth=4, intermediate_size=64, out_hidden_size=32, window_size=16,
+                       fullatt_block_indexes=[1, 3]),
+}
 QWEN_TEXT = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
 
 
 def _qwen2_vl(tf: Any) -> nn.Module:
-    vision = dict(QWEN_VISION, depth=2, embed_dim=32, mlp_ratio=2)
-    return tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=vision, text_config=QWEN_TEXT,
+    return tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=QWEN_VISIONS["qwen2_vl"], text_config=QWEN_TEXT,
                                                                image_token_id=IMAGE_TOKEN, vision_start_token_id=101))
 
 
 def _qwen2_5_vl(tf: Any) -> nn.Module:
-    # 4 blocks: windowed attention (16-pixel windows, 2x2 patches) in 0 and 2, full in 1 and 3
-    vision = dict(QWEN_VISION, depth=4, intermediate_size=64, out_hidden_size=32, window_size=16,
-                  fullatt_block_indexes=[1, 3])
-    return tf.Qwen2_5_VLForConditionalGeneration(tf.Qwen2_5_VLConfig(vision_config=vision, text_config=QWEN_TEXT,
-                                                                     image_token_id=IMAGE_TOKEN, vision_start_token_id=101))
+    return tf.Qwen2_5_VLForConditionalGeneration(tf.Qwen2_5_VLConfig(
+        vision_config=QWEN_VISIONS["qwen2_5_vl"], text_config=QWEN_TEXT, image_token_id=IMAGE_TOKEN,
+        vision_start_token_id=101))
 
 
 def _qwen2_vl_inputs(_: nn.Module) -> dict[str, Any]:

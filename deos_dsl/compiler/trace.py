@@ -168,6 +168,14 @@ def _nondeterministic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
     return len(second) != len(first) or any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(first, second))
 
 
+def relative_error(want: torch.Tensor, got: torch.Tensor) -> float:
+    """`max |want - got|` relative to `want`'s largest magnitude (inf where NaN; 0 when empty)."""
+    if not want.numel():
+        return 0.0
+    scale = want.double().abs().max().clamp_min(1e-6)
+    return float(((want.double() - got.double()).abs().max() / scale).nan_to_num(float("inf")))
+
+
 def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """None when `gm` reproduces `model` on perturbed example inputs (module docstring), else
     what differs (one line)."""
@@ -187,8 +195,7 @@ def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], 
     for index, (want, got) in enumerate(zip(expected, traced)):
         if want.shape != got.shape:
             return f"output {index} is {tuple(got.shape)} traced, {tuple(want.shape)} eager"
-        scale = want.double().abs().max().clamp_min(1e-6) if want.numel() else torch.tensor(1.0)
-        error = float(((want.double() - got.double()).abs().max() / scale).nan_to_num(float("inf"))) if want.numel() else 0.0
+        error = relative_error(want, got)
         tolerance = EAGER_TOLERANCE.get(want.dtype, 1e-3)
         if not error <= tolerance:
             if _nondeterministic(model, args, kwargs, expected):

@@ -122,20 +122,16 @@ def shard(blocks: list[nn.Module], world: World, device: torch.device, replicate
     mesh = init_device_mesh(device.type, (world.size,))
     full: list[nn.Parameter] = []
     for block in blocks:
-        frozen = [param for param in block.parameters() if param not in replicated]
-        full += frozen
-        fully_shard(block, mesh=mesh, ignored_params={param for param in block.parameters() if param in replicated},
-                    reshard_after_forward=True)
+        kept = {param for param in block.parameters() if param in replicated}
+        full += [param for param in block.parameters() if param not in kept]
+        fully_shard(block, mesh=mesh, ignored_params=kept, reshard_after_forward=True)
     return full
 
 
-def release(params: list[nn.Parameter]) -> int:
-    """Free the storage of `params` (their values now live in shards); returns the bytes freed."""
-    freed = 0
-    for param in {id(p): p for p in params}.values():
-        freed += param.numel() * param.element_size()
+def release(params: list[nn.Parameter]) -> None:
+    """Free the storage of `params` (their values now live in shards)."""
+    for param in params:
         param.data = torch.empty(0, dtype=param.dtype, device=param.device)
-    return freed
 
 
 def average_gradients(params: list[nn.Parameter], world: World) -> None:

@@ -7,8 +7,9 @@ template; the image processor is Qwen2-VL's (PIL backend: 8x8 patches, merged 2x
 64x64 pixels, so a 96x96 image becomes an 8x8 grid and 16 image tokens). `AutoProcessor` cannot
 build these directories' processor here (its video processor needs torchvision), so deos loads
 the tokenizer and the image processor alone and expands the placeholder by the grid. Models:
-a 2-block vision tower (Qwen2.5-VL: 4 blocks, windowed attention except in blocks 1 and 3),
-a 2x2 merger and a 3-layer decoder with M-RoPE, random weights.
+the conformance models' tiny sizes (`tiny_models.QWEN_VISIONS`: a 2-block vision tower;
+Qwen2.5-VL: 4 blocks, windowed attention except in blocks 1 and 3), a 2x2 merger and a 3-layer
+decoder with M-RoPE, random weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from deos_dsl.compiler.tiny_models import QWEN_TEXT, QWEN_VISIONS
 from deos_dsl.embedded.vqa import ANSWERS, QUESTION_WORDS
 
 IMAGE = "<|image_pad|>"
@@ -26,23 +28,18 @@ SPECIAL = ("<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", I
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {% for c in m['content'] %}"
             "{% if c['type'] == 'image' %}<|vision_start|> <|image_pad|> <|vision_end|> {% else %}{{ c['text'] }} "
             "{% endif %}{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant{% endif %}")
-VISION = dict(patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
 def _config(family: str, vocab: dict[str, int]) -> tuple[type, object]:
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, use_cache=False, pad_token_id=0, bos_token_id=None,
-                eos_token_id=vocab["<|im_end|>"],
-                rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
-    tokens = dict(image_token_id=vocab[IMAGE], vision_start_token_id=vocab["<|vision_start|>"],
-                  vision_end_token_id=vocab["<|vision_end|>"])
+    """The model class and config of `family`: the conformance models' tiny sizes
+    (`tiny_models.QWEN_VISIONS`, `QWEN_TEXT`) over this tokenizer's vocabulary."""
+    text = dict(QWEN_TEXT, vocab_size=len(vocab), pad_token_id=0, bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
+    settings = dict(image_token_id=vocab[IMAGE], vision_start_token_id=vocab["<|vision_start|>"],
+                    vision_end_token_id=vocab["<|vision_end|>"], vision_config=QWEN_VISIONS[family], text_config=text)
     if family == "qwen2_vl":
-        vision = dict(VISION, depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2)
-        return tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLConfig(vision_config=vision, text_config=text, **tokens)
-    vision = dict(VISION, depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, window_size=32,
-                  fullatt_block_indexes=[1, 3])
-    return tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **tokens)
+        return tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLConfig(**settings)
+    return tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLConfig(**settings)
 
 
 def save_tiny_qwen_vl(directory: Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
