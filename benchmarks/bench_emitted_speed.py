@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from deos_dsl.embedded.vqa import fixed_eval_batch
 from deos_dsl.errors import DeosError
-from deos_dsl.measure import Comparison, Searched, compare, load_searched
+from deos_dsl.measure import Comparison, Searched, Subject, compare, load_searched
 from deos_dsl.measure.render import markdown_table
 from deos_dsl.search.ddp import pick_device
 from deos_dsl.study.run import search_dirs
@@ -53,14 +52,16 @@ def main() -> None:
     if not directories:
         sys.exit(f"no search directories: {STUDY}/budget-*/search does not exist yet; "
                  "run `deos study` first, or pass the --out directories of finished searches")
-    batch = fixed_eval_batch("test", max(args.batch_sizes))
     rows = []
     try:
         device = pick_device(args.device)
         for directory in directories:
-            searched = load_searched(directory)
-            comparison = compare(searched.dense.to(device), searched.emitted.module.to(device), batch,
-                                 batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, device=device)
+            searched = load_searched(directory, device=str(device))
+            batch = searched.task.eval_batch(max(args.batch_sizes), "test")
+            dense, emitted = (Subject(lambda size, s=subject: s.at(size).to(device), subject.fixed)
+                              for subject in searched.subjects())
+            comparison = compare(searched.task, dense, emitted, batch, batch_sizes=tuple(args.batch_sizes),
+                                 repeats=args.repeats, device=device)
             rows.append(row(searched, comparison))
     except DeosError as error:
         sys.exit(f"error: {error}")

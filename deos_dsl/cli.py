@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rich.console import Console
+from rich.progress import Progress
 
 from deos_dsl import __version__
 from deos_dsl.errors import DeosError, FileAccessError, SpaceError
@@ -152,28 +153,47 @@ def _usage(message: str, err: Console) -> int:
 def cmd_emit(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.compiler import resolve_model
     from deos_dsl.pipeline import compile_emitted, write_artifacts
+    from deos_dsl.pipeline.generate import write_generative
     from deos_dsl.pipeline.render import emitted_lines
 
     if Path(args.space_file).is_dir():
         if args.model is not None or args.space is not None:
             return _usage("a search directory fixes its space and model: drop --model / --space", err)
-        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), args.trust_code, out)
+        return _emit_search(Path(args.space_file), None if args.out is None else Path(args.out), args.trust_code, out,
+                            args.generate, args.batch)
     if args.model is None or args.out is None:
         return _usage("emitting a .deos file needs --model and --out", err)
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
         return EXIT_DIAGNOSTICS
-    emitted = compile_emitted(chosen[0], resolve_model(args.model, args.dtype))
-    _print_lines(emitted_lines(emitted, write_artifacts(emitted, Path(args.out))), out)
+    loaded = resolve_model(args.model, args.dtype)
+    loaded = loaded if args.batch is None else loaded.with_batch(args.batch)
+    emitted = compile_emitted(chosen[0], loaded)
+    paths = write_generative(emitted, loaded, Path(args.out)) if args.generate else write_artifacts(emitted, Path(args.out))
+    _print_lines(emitted_lines(emitted, paths), out)
     return EXIT_OK
 
 
-def _emit_search(directory: Path, target: Path | None, trust_code: bool, out: Console) -> int:
+def _emit_search(directory: Path, target: Path | None, trust_code: bool, out: Console, generate: bool = False,
+                 batch: int | None = None) -> int:
     """`deos emit DIR`: compile the discrete schedule of the search in `directory`."""
     from deos_dsl.pipeline.render import emitted_lines
     from deos_dsl.search.result import emit_result
 
-    _print_lines(emitted_lines(*emit_result(directory, target, trust_code)), out)
+    _print_lines(emitted_lines(*emit_result(directory, target, trust_code, generate, batch)), out)
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.pipeline.generate import answer_dataset
+    from deos_dsl.pipeline.render import answers_lines, answers_table
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("generating", total=None)
+        answers = answer_dataset(Path(args.directory), Path(args.data), args.examples, args.max_new_tokens, args.dense,
+                                 args.trust_code, step=lambda done: progress.advance(task, done))
+    out.print(answers_table(answers))
+    _print_lines(answers_lines(answers), out)
     return EXIT_OK
 
 
@@ -431,6 +451,20 @@ def emit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", metavar="NAME", help="the space to emit (needed when the file has several)")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    parser.add_argument("--generate", action="store_true", help="also write prefill.pt2, the prefill that returns every "
+                        "decoder layer's reduced KV cache, for `deos generate` (HF generative models)")
+    parser.add_argument("--batch", type=POSITIVE, default=None, metavar="B",
+                        help="example rows the static programs take (default: the model's example inputs)")
+
+
+def generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="an emitted directory written with `deos emit --generate`")
+    parser.add_argument("--data", required=True, metavar="JSONL", help="prompts: one JSON object per line with `prompt`, "
+                        "`image` (a path relative to the file) and optionally `answer`, or a directory holding data.jsonl")
+    parser.add_argument("--examples", type=POSITIVE, default=None, metavar="N", help="the first N prompts (default: all)")
+    parser.add_argument("--max-new-tokens", type=POSITIVE, default=16, metavar="N", help="tokens per answer (default 16)")
+    parser.add_argument("--dense", action="store_true", help="also generate with the dense checkpoint, to compare")
+    parser.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 
 def no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -454,6 +488,8 @@ COMMANDS = (
     Command("compile", "trace a model, map its blocks and bind a space's sites", compile_arguments, cmd_compile),
     Command("emit", "emit a space's (or a search's) reduced model: model.pt2, model.py, plan.json", emit_arguments,
             cmd_emit),
+    Command("generate", "answer a JSONL of prompts with an emitted model (prefill with the plan, decode on the reduced "
+            "KV cache), optionally beside the dense model", generate_arguments, cmd_generate),
     Command("search", "search a space on a model: train its operator parameters, then discretise under the budgets",
             search_arguments, cmd_search),
     Command("cost", "symbolic FLOPs of a space on a model: per block and site, dense vs reduced", cost_arguments,

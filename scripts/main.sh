@@ -10,7 +10,10 @@
 #      emitted as a model that really drops tokens (runs/main/search-25/emitted);
 #   6. the cost of the emitted schedule, then dense vs emitted on the TEST data: accuracy,
 #      counted FLOPs, measured latency at batch 1 and 32 (one summary table, also written to
-#      runs/main/search-25/evaluation.md and .json).
+#      runs/main/search-25/evaluation.md and .json);
+#   7. the schedule emitted for generation (prefill.pt2: the prefill returning the reduced KV
+#      cache), then greedy answers to 16 TEST prompts, emitted beside dense, with each decoder
+#      layer's cache length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -t 1 ] || export COLUMNS="${COLUMNS:-120}"  # readable rich tables in logs
@@ -29,3 +32,5 @@ rm -rf "$DATA" "$OUT"  # the main job's own output: fresh data and a fresh searc
 .venv/bin/deos search "$SPACE" --space eos_25 --model "$MODEL" --data "$DATA/train" --out "$OUT" --steps 150 --val 0 --emit
 .venv/bin/deos cost "$SPACE" --space eos_25 --model "$MODEL" --schedule "$OUT/emitted/plan.json"
 .venv/bin/deos evaluate "$OUT" --data "$DATA/test" --examples 500
+.venv/bin/deos emit "$OUT" --out "$OUT/generative" --generate --batch 1
+.venv/bin/deos generate "$OUT/generative" --data "$DATA/test" --examples 16 --max-new-tokens 4 --dense

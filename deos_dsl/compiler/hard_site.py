@@ -15,7 +15,10 @@ of the stack reduces (EViT ranks the previous fused token with the others).
 
 `HardSite.forward(x [B, N, D], scores [B, N], features [B, N, d] | None, sizes [B, N] | None)`
 returns `(x [B, N', D], kept_idx [B, N'], sizes [B, N'], bias [B, N'])` with
-`N' = N - |span| + leaving` (`reduce_tokens`, original token order kept). `kept_idx` is the
+`N' = N - |span| + leaving`, original token order kept. A prune (`SitePlan.selects_only`) ranks
+the span as `reduce_tokens` does and gathers the stream once (no affinity, no transfer); any
+other corner runs `reduce_tokens` on the span alone. Either way the tokens around the span are
+sliced past, so `N` may stay a symbol (a dynamic prompt length). `kept_idx` is the
 input position whose side tensors (position id, RoPE row, mask row and column) each output token
 takes: its own; the fused token, which sits right after the span's last token, takes that
 token's (`span[1] - 1`): it sees what the last reducible token sees and is seen by whoever sees it.
@@ -29,10 +32,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from deos_dsl.ops import Regime, keep_count, reduce_tokens
+from deos_dsl.ops import Regime, attention_bias, keep_count, reduce_tokens
+from deos_dsl.ops.params import compute_dtype
+from deos_dsl.ops.select import hard_keep
 
 from .site_module import GATE, KEEP, SiteModule
-from .site_transfer import bipartite_min_kept, transfer_inputs
+from .site_transfer import Transfer, bipartite_min_kept, transfer_inputs
 
 Span = tuple[int, int]
 
@@ -73,6 +78,12 @@ class SitePlan:
     def contextual(self) -> int:
         """The contextual targets (`into: extra(n > 1)`), 0 otherwise."""
         return 0 if self.fuse else self.extra
+
+    @property
+    def selects_only(self) -> bool:
+        """A prune: the site keeps tokens as they are and computes no transfer or affinity
+        (`Regime.selects_only`, no contextual targets)."""
+        return self.regime().selects_only and not self.contextual
 
     def regime(self) -> Regime:
         return Regime(gamma=self.gamma, tau=self.tau, theta=self.theta, rho=self.rho, nu=self.nu,
@@ -129,9 +140,42 @@ class HardSite(nn.Module):
         start, end = plan.span
         transfer = transfer_inputs(scores[:, start:end], plan.keep, fuse=plan.fuse, contextual=plan.contextual,
                                    recycle=plan.recycle, bipartite=plan.bipartite, start=start)
-        result = reduce_tokens(x, range(start, end), transfer.scores, keep=plan.keep + plan.contextual,
-                               regime=plan.regime(), sizes=sizes, positions=self.positions,
-                               dest_eligible=transfer.dest_eligible, source_weights=transfer.source_weights,
+        if plan.selects_only:
+            return self._select(x, transfer.scores, sizes)
+        return self._reduce(x, transfer, features, sizes)
+
+    def _around(self, kept: Tensor, length: int) -> Tensor:
+        """`[B, N']`: the tokens before the span, `kept` `[B, k]` (stream positions), those after."""
+        start, end = self.plan.span
+        batch, device = kept.shape[0], kept.device
+        return torch.cat([torch.arange(start, device=device).expand(batch, -1), kept,
+                          torch.arange(end, length, device=device).expand(batch, -1)], dim=1)
+
+    def _select(self, x: Tensor, span_scores: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A prune: the slots `reduce_tokens` would keep (`hard_keep`), ONE gather of the stream."""
+        slots, _ = hard_keep(span_scores, self.plan.keep, span_scores, None)
+        kept_idx = self._around(slots + self.plan.span[0], x.shape[1])
+        out = x.gather(1, kept_idx[..., None].expand(-1, -1, x.shape[2]))
+        dtype = compute_dtype(x.dtype)
+        out_sizes = x.new_ones(kept_idx.shape, dtype=dtype) if sizes is None else sizes.to(dtype).gather(1, kept_idx)
+        bias = attention_bias(torch.ones_like(out_sizes), out_sizes, True) if self.plan.proportional \
+            else torch.zeros_like(out_sizes)  # log 1 = 0 for every kept token
+        return out, kept_idx, out_sizes, bias
+
+    def _reduce(self, x: Tensor, transfer: Transfer, features: Tensor | None,
+                sizes: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Any other corner: `reduce_tokens` on the span alone; the tokens around it pass through."""
+        plan = self.plan
+        start, end = plan.span
+        result = reduce_tokens(x[:, start:end], range(end - start), transfer.scores, keep=plan.keep + plan.contextual,
+                               regime=plan.regime(), sizes=None if sizes is None else sizes[:, start:end],
+                               positions=self.positions, dest_eligible=transfer.dest_eligible,
+                               source_weights=transfer.source_weights,
                                features=None if features is None else features[:, start:end])
-        kept_idx = torch.where(result.kept_idx < 0, end - 1, result.kept_idx)
-        return result.x, kept_idx, result.sizes, result.attn_bias
+        kept_idx = self._around(torch.where(result.kept_idx < 0, end - 1, result.kept_idx + start), x.shape[1])
+        out = torch.cat([x[:, :start], result.x, x[:, end:]], dim=1)
+        carried = x.new_ones(x.shape[:2], dtype=result.sizes.dtype) if sizes is None else sizes.to(result.sizes.dtype)
+        out_sizes = torch.cat([carried[:, :start], result.sizes, carried[:, end:]], dim=1)
+        around = attention_bias(torch.ones_like(carried), carried, plan.proportional)
+        bias = torch.cat([around[:, :start], result.attn_bias, around[:, end:]], dim=1)
+        return out, kept_idx, out_sizes, bias

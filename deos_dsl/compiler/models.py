@@ -55,6 +55,17 @@ class LoadedModel:
     processor: Any = None  # a checkpoint's processor (tokenizer, image processor, chat template)
     prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
+    def with_batch(self, size: int) -> LoadedModel:
+        """The same model with `size` example rows (its rows taken in turn: `row i = i mod B`),
+        for programs whose batch size the example inputs fix."""
+        rows = next(value.shape[0] for value in (*self.args, *self.kwargs.values()) if isinstance(value, torch.Tensor))
+        index = torch.arange(size) % rows
+
+        def take(value: Any) -> Any:
+            return value[index] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows else value
+        return replace(self, args=tuple(take(value) for value in self.args),
+                       kwargs={name: take(value) for name, value in self.kwargs.items()})
+
 
 def split(loaded: LoadedModel) -> LoadedModel:
     """`loaded` split at its language model when its family is one of `prelude.SPLIT_FAMILIES`."""

@@ -233,6 +233,17 @@ class SiteModule(nn.Module):
                       rho=self.value("rho"), nu=self.value("nu"), locality=self.locality, proportional=self.proportional,
                       incoming="mean" if self.contextual else "sum")
 
+    @property
+    def selects_only(self) -> bool:
+        """Whether the emitted site will be a prune (fixed values with `Regime.selects_only`, no
+        contextual targets): its cost then has no operator FLOPs."""
+        if any(self.specs[name].learned for name in ("gamma", "rho", "nu", "theta")):
+            return False
+        regime = self.regime()
+        numbers = Regime(gamma=float(regime.gamma), rho=float(regime.rho), nu=float(regime.nu), theta=regime.theta,
+                         fuse=self.fuse)
+        return numbers.selects_only and not self.contextual
+
     def keep_ratio(self, entering: Tensor) -> Tensor:
         """Kept share `[B]` of the span given the soft count of tokens `entering` it `[B]`."""
         n = self.span[1] - self.span[0]

@@ -160,8 +160,12 @@ def flops(call: Call, out: Any, conventions: Conventions) -> tuple[str, Expr] | 
     return kind, sympy.sympify(formula(call, out[0] if isinstance(out, list) else out, conventions))
 
 
-def operator_flops(batch: Expr, entering: Expr, leaving: Expr, fused: int, features: Expr, width: Expr) -> Expr:
+def operator_flops(batch: Expr, entering: Expr, leaving: Expr, fused: int, features: Expr, width: Expr,
+                   selects_only: bool = False) -> Expr:
     """Matmul FLOPs of one hard site (`reduce_tokens`): the cosine affinity of the `entering`
     reducible tokens to the `leaving - fused` destinations over `features` dims, and the
-    transfer of the entering tokens into the `leaving` ones over the model `width`."""
+    transfer of the entering tokens into the `leaving` ones over the model `width`; none for a
+    site that only selects (a prune: `HardSite` gathers its kept tokens)."""
+    if selects_only:
+        return sympy.Integer(0)
     return 2 * batch * entering * (leaving - fused) * features + 2 * batch * leaving * entering * width

@@ -4,11 +4,11 @@ compute, and their encodings into model batches: through a vision-language model
 such a dataset (`export`).
 """
 
-from .chat import DEFAULT_TEMPLATE, ChatEncoder
+from .chat import DEFAULT_TEMPLATE, ChatEncoder, prompt_batches
 from .encoded import IGNORE, Encoded, concat
 from .examples import Example, read_jsonl
 from .export import export_embedded, shapes_vqa_example
 from .vqa_json import VQAEncoder
 
-__all__ = ["DEFAULT_TEMPLATE", "IGNORE", "ChatEncoder", "Encoded", "Example", "VQAEncoder", "concat", "export_embedded", "shapes_vqa_example",
-           "read_jsonl"]
+__all__ = ["DEFAULT_TEMPLATE", "IGNORE", "ChatEncoder", "Encoded", "Example", "VQAEncoder", "concat", "export_embedded",
+           "prompt_batches", "read_jsonl", "shapes_vqa_example"]

@@ -16,7 +16,7 @@ its line, before any compute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,3 +163,10 @@ class ChatEncoder:
                 positions[b, row.prompt - 1] = True
         family = torch.tensor([self.families.index(ex.family) if ex.family is not None else -1 for ex in chosen])
         return Encoded((), kwargs, targets, family, positions, self.families)
+
+
+def prompt_batches(processor: Any, examples: list[Example], sizes: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+    """For each `B` in `sizes`: the processor's inputs for the first `B` of `examples` as prompts
+    (their answers dropped), right-padded to the longest of them."""
+    encoder = ChatEncoder(processor, [replace(example, answer=None) for example in examples[:max(sizes)]])
+    return {size: encoder.batch(list(range(size))).kwargs for size in sizes}

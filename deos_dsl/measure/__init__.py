@@ -6,17 +6,19 @@
 
 One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `latency`
 (interleaved median wall-clock times), `compare` (accuracy, FLOPs, latency, speedups),
-`render` (rich and markdown tables), `searched` (a search directory compiled, evaluation files).
+`render` (rich and markdown tables), `searched` (a search directory compiled, evaluation files),
+`prompts` (a generative model and real prompts for the generation benchmarks).
 `deos evaluate DIR` runs them on a search directory.
 """
 
 from .compare import Comparison, Measured, Subject, accuracy_and_flops, compare
 from .flops import counted_flops
-from .latency import median_latencies
+from .latency import GenerationTimes, generation_latencies, median_latencies
+from .prompts import model_and_prompts
 from .render import comparison_markdown, comparison_table
 from .searched import Searched, load_searched, write_evaluation
 
 __all__ = [
-    "Comparison", "Measured", "Searched", "Subject", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
-    "load_searched", "median_latencies", "write_evaluation",
+    "Comparison", "GenerationTimes", "Measured", "Searched", "Subject", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
+    "generation_latencies", "load_searched", "median_latencies", "model_and_prompts", "write_evaluation",
 ]

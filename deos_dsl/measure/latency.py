@@ -1,4 +1,5 @@
-"""Median wall-clock latencies of several callables, measured interleaved.
+"""Median wall-clock latencies of several callables (or generators: time to first token and per
+decode step), measured interleaved.
 
 Round `r` runs every runner once, in the given order; a slow moment of a shared machine then
 hits all runners alike instead of one of them. Runs happen under `torch.inference_mode()`;
@@ -11,8 +12,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from deos_dsl.pipeline import Generator
 
 
 def median_latencies(runners: dict[str, Callable[[], object]], repeats: int, warmup: int,
@@ -34,3 +39,41 @@ def median_latencies(runners: dict[str, Callable[[], object]], repeats: int, war
                 if round_ >= warmup:
                     seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in seconds.items()}
+
+
+@dataclass(frozen=True)
+class GenerationTimes:
+    """Median seconds to the first token (prefill and its argmax) and per decode step (one new
+    token for every row of the batch)."""
+
+    first_token: float
+    per_step: float
+
+
+def generation_latencies(generators: dict[str, Generator], inputs: dict[str, Any], new_tokens: int, repeats: int,
+                         warmup: int, device: torch.device | str = "cpu") -> dict[str, GenerationTimes]:
+    """Interleaved medians (module docstring) of each generator's time to first token on
+    `inputs` and of its `new_tokens - 1` following greedy decode steps (no end token)."""
+    if repeats < 1 or new_tokens < 2:
+        raise ValueError(f"need repeats >= 1 and new_tokens >= 2, got {repeats} and {new_tokens}")
+    device = torch.device(device)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    first: dict[str, list[float]] = {name: [] for name in generators}
+    steps: dict[str, list[float]] = {name: [] for name in generators}
+    with torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            for name, generator in generators.items():
+                synchronize()
+                start = time.perf_counter()
+                logits, cache, rows, positions = generator.start(inputs)
+                token = logits.argmax(-1)
+                synchronize()
+                prefilled = time.perf_counter()
+                for _ in range(new_tokens - 1):
+                    token = generator.step(token, cache, rows, positions).argmax(-1)
+                    positions = positions + 1
+                synchronize()
+                if round_ >= warmup:
+                    first[name].append(prefilled - start)
+                    steps[name].append((time.perf_counter() - prefilled) / (new_tokens - 1))
+    return {name: GenerationTimes(statistics.median(first[name]), statistics.median(steps[name])) for name in generators}

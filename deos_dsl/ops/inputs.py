@@ -79,10 +79,11 @@ def prepare_site(x: Tensor, reducible, scores: Tensor, **inputs: Unpack[SiteInpu
     cd = compute_dtype(x.dtype)
     v_list = reducible_positions(reducible, n)
     v_idx = torch.tensor(v_list, dtype=torch.long, device=x.device)
+    every = v_list == list(range(n))  # nothing protected: the reducible set is the stream itself
     xc = x.to(cd)
-    xv = xc.index_select(1, v_idx)
+    xv = xc if every else xc.index_select(1, v_idx)
     sizes_c = torch.ones(b, n, dtype=cd, device=x.device) if sizes is None else sizes.to(cd).expand(b, n)
-    sv = sizes_c.index_select(1, v_idx)
+    sv = sizes_c if every else sizes_c.index_select(1, v_idx)
     sc = over_reducible(scores, v_idx, n, -1, "scores").to(cd).expand(b, -1)
     feats = xv if features is None else over_reducible(features, v_idx, n, -2, "features").to(cd)
     pos = None

@@ -61,6 +61,14 @@ class Regime:
         if isinstance(self.locality, (int, float)) and self.locality < 0:
             raise ValueError(f"locality width must be >= 0, got {self.locality}")
 
+    @property
+    def selects_only(self) -> bool:
+        """Whether the hard operator only SELECTS tokens, leaving the kept ones exactly as they
+        are: nothing transferred (`gamma = 0`), no reweighting (`rho = 0`), sizes normalised by
+        themselves (`nu = 1`), no threshold and no fused token (parameters given as numbers)."""
+        fixed = all(isinstance(value, (int, float)) for value in (self.gamma, self.rho, self.nu))
+        return fixed and self.gamma == 0 and self.rho == 0 and self.nu == 1 and self.theta is None and not self.fuse
+
 
 def batch_view(p: Param, ndim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """View a scalar or per-example `[B]` parameter as `[B or 1, 1, ...]` with `ndim` dims."""

@@ -118,15 +118,19 @@ def reduce_tokens(
     P = tau_softmax(S, regime.tau, allowed)
     y, new_sizes = transfer(a, dst_size, P, src_mass, site.xv, regime.gamma, regime.nu, regime.incoming)
 
-    # Assemble protected + kept tokens in original order.
-    prot = torch.tensor(site.protected, dtype=torch.long, device=x.device)
+    # Assemble protected + kept tokens in original order (slots are sorted: with nothing
+    # protected the kept tokens already are).
     n_slots = slots.shape[1]
-    idx = torch.cat([prot.expand(b, -1), site.v_idx[slots]], dim=1)
-    idx, order = torch.sort(idx, dim=1)
-    vals = torch.cat([site.x.index_select(1, prot), y[:, :n_slots]], dim=1)
-    vals = torch.gather(vals, 1, order[..., None].expand(-1, -1, d))
-    out_sizes = torch.gather(torch.cat([site.sizes.index_select(1, prot), new_sizes[:, :n_slots]], dim=1), 1, order)
-    out_valid = torch.gather(torch.cat([torch.ones_like(prot, dtype=torch.bool).expand(b, -1), valid], dim=1), 1, order)
+    if site.protected:
+        prot = torch.tensor(site.protected, dtype=torch.long, device=x.device)
+        idx = torch.cat([prot.expand(b, -1), site.v_idx[slots]], dim=1)
+        idx, order = torch.sort(idx, dim=1)
+        vals = torch.cat([site.x.index_select(1, prot), y[:, :n_slots]], dim=1)
+        vals = torch.gather(vals, 1, order[..., None].expand(-1, -1, d))
+        out_sizes = torch.gather(torch.cat([site.sizes.index_select(1, prot), new_sizes[:, :n_slots]], dim=1), 1, order)
+        out_valid = torch.gather(torch.cat([torch.ones_like(prot, dtype=torch.bool).expand(b, -1), valid], dim=1), 1, order)
+    else:
+        idx, vals, out_sizes, out_valid = site.v_idx[slots], y[:, :n_slots], new_sizes[:, :n_slots], valid
     if regime.fuse:
         # The fused token goes right after the last reducible position.
         at = sum(p < site.v_list[-1] for p in site.protected) + n_slots if n_v else len(site.protected)

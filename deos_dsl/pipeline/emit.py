@@ -43,7 +43,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,11 @@ from torch.utils import _pytree as pytree
 
 from deos_dsl.compiler.blocks import BlockMap, Stack, build_block_map
 from deos_dsl.compiler.errors import ReducedModelError, UntraceableModelError
+from deos_dsl.compiler.graph_edit import is_sdpa
 from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
 from deos_dsl.compiler.models import LoadedModel, resolve_model
+from deos_dsl.compiler.positions import attention_node
 from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
 from deos_dsl.errors import DeosCompileError, first_line
@@ -82,6 +84,7 @@ class Emitted:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     prelude: bool = False  # the model was split at its language model: `module` takes the prelude's outputs
+    decoder_attentions: list[fx.Node] = field(default_factory=list)  # per decoder layer, in `graph_module` (none: eager)
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -111,6 +114,14 @@ def _trace_for_emit(loaded: LoadedModel) -> TracedModel:
         except UntraceableModelError as error:
             traced.failures += error.attempts  # named when no route emits the static graph
     return traced
+
+
+def _decoder_attentions(block_map: BlockMap) -> list[fx.Node]:
+    """The attention node of every decoder block, in layer order (none without a decoder, or
+    when a block has no attention to find: then nothing is exposed for generation)."""
+    decoder = block_map.stack("decoder")
+    found = [attention_node(block) for block in decoder.blocks] if decoder is not None else []
+    return found if found and all(node is not None and is_sdpa(node) for node in found) else []
 
 
 def _whole_model(retraced: Retraced, whole: BlockMap, stack: Stack) -> nn.Module:
@@ -183,7 +194,8 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
     ordered = {site.name: plans[site.name] for site in bound.sites}
-    return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs)
+    return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs,
+                   decoder_attentions=decoded.decoder_attentions)
 
 
 def compile_emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSettings] | None = None) -> Emitted:
@@ -208,7 +220,8 @@ def _emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSe
     stack = static_stack(block_map, bound.sites, bound.active(), fixed)
     if stack is None:
         plans, lengths = discretise(bound)
-        return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs)
+        return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs,
+                       decoder_attentions=_decoder_attentions(block_map))
     decoder = block_map.stack("decoder")
     if decoder is not None and stack.role in ("vision", "projector") and \
             any(site.block.stack == decoder.prefix for site in bound.sites):
@@ -260,23 +273,27 @@ def unsafe_payloads(pt2: Path) -> list[str]:
     return found
 
 
-def write_artifacts(emitted: Emitted, out: Path) -> list[Path]:
-    """Write `ARTIFACTS` into the new directory `out` atomically; returns their paths."""
+def write_artifacts(emitted: Emitted, out: Path, programs: dict[str, torch.export.ExportedProgram] | None = None,
+                    plan: dict[str, Any] | None = None) -> list[Path]:
+    """Write `ARTIFACTS` into the new directory `out` atomically, with the further `programs`
+    (file name -> program, e.g. a generative prefill) and `plan` entries; returns their paths."""
     if out.exists():
         raise DeosCompileError(f"output directory {out} already exists", "choose a new --out or remove it")
-    program = export_program(emitted)
+    programs = {"model.pt2": export_program(emitted), **(programs or {})}
 
     def fill(temp: Path) -> None:
-        torch.export.save(program, temp / "model.pt2")
-        unsafe = unsafe_payloads(temp / "model.pt2")
-        if unsafe:
-            raise DeosCompileError(f"the exported program stores pickled payloads ({', '.join(unsafe)})",
-                                   "report the model: emitted archives must load without unpickling")
+        for name, program in programs.items():
+            torch.export.save(program, temp / name)
+            unsafe = unsafe_payloads(temp / name)
+            if unsafe:
+                raise DeosCompileError(f"the exported program stores pickled payloads ({', '.join(unsafe)})",
+                                       "report the model: emitted archives must load without unpickling")
         (temp / "model.py").write_text(emitted.graph_module.code, encoding="utf-8")
-        (temp / "plan.json").write_text(json.dumps(emitted.plan_json(), indent=2) + "\n", encoding="utf-8")
+        (temp / "plan.json").write_text(json.dumps({**emitted.plan_json(), **(plan or {})}, indent=2) + "\n",
+                                        encoding="utf-8")
 
     write_directory_atomically(out, fill)
-    return [out / name for name in ARTIFACTS]
+    return [out / name for name in (*ARTIFACTS, *list(programs)[1:])]
 
 
 class WithPrelude(nn.Module):
@@ -291,19 +308,40 @@ class WithPrelude(nn.Module):
         return self.program(**self.prelude(kwargs))
 
 
+def _unreadable(directory: Path, error: Exception) -> DeosCompileError:
+    return DeosCompileError(f"{directory} holds no readable emitted model ({first_line(error)[:200]})",
+                            "emit it again: deos emit")
+
+
+def read_plan(directory: Path) -> dict[str, Any]:
+    """plan.json of an emitted directory; `DeosCompileError` for a missing or corrupt one."""
+    try:
+        return json.loads((directory / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise _unreadable(directory, error) from None
+
+
+def load_program(directory: Path, name: str) -> nn.Module:
+    """The program `name` (`model.pt2`, `prefill.pt2`) of an emitted directory, runnable;
+    `DeosCompileError` for a missing or corrupt one."""
+    try:
+        return torch.export.load(directory / name).module()
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise _unreadable(directory, error) from None
+
+
+def model_of_plan(directory: Path, plan: dict[str, Any], trust_code: bool) -> LoadedModel:
+    """The model an emitted directory's `plan` was compiled from (a checkpoint: loaded with
+    transformers); a `module:` model runs only with `trust_code`."""
+    if str(plan["model"]).startswith("module:") and not trust_code:
+        raise DeosCompileError(f"{directory / 'plan.json'} names model `{plan['model']}`: loading it runs that "
+                               "Python code", "if you trust it, pass trust_code=True")
+    return resolve_model(str(plan["model"]), str(plan.get("dtype", "float32")))
+
+
 def load_emitted(directory: Path, trust_code: bool = False) -> nn.Module:
     """The emitted model in `directory` (module docstring); a `module:` model named by its
     plan runs only with `trust_code`. Raises `DeosCompileError` for a missing or corrupt one."""
-    try:
-        plan = json.loads((directory / "plan.json").read_text(encoding="utf-8"))
-        program = torch.export.load(directory / "model.pt2").module()
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise DeosCompileError(f"{directory} holds no readable emitted model ({first_line(error)[:200]})",
-                               "emit it again: deos emit") from None
-    if not plan.get("prelude"):
-        return program
-    if str(plan["model"]).startswith("module:") and not trust_code:
-        raise DeosCompileError(f"{directory / 'plan.json'} names model `{plan['model']}`: loading its prelude runs that "
-                               "Python code", "if you trust it, pass trust_code=True")
-    loaded = resolve_model(str(plan["model"]), str(plan.get("dtype", "float32")))
-    return WithPrelude(program, loaded.prelude)
+    plan = read_plan(directory)
+    program = load_program(directory, "model.pt2")
+    return WithPrelude(program, model_of_plan(directory, plan, trust_code).prelude) if plan.get("prelude") else program

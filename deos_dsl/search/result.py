@@ -28,6 +28,7 @@ from deos_dsl.errors import SearchError
 from deos_dsl.files import write_atomically, write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.pipeline.emit import Emitted, compile_emitted, write_artifacts
+from deos_dsl.pipeline.generate import write_generative
 
 from .log import finite_json
 
@@ -118,12 +119,17 @@ def read_schedule(out: Path) -> tuple[dict[str, Any], dict[str, ir.SiteSettings]
     return data, settings
 
 
-def emit_result(directory: Path, target: Path | None = None, trust_code: bool = False) -> tuple[Emitted, list[Path]]:
+def emit_result(directory: Path, target: Path | None = None, trust_code: bool = False, generate: bool = False,
+                batch: int | None = None) -> tuple[Emitted, list[Path]]:
     """Compile the discrete schedule of the search in `directory` on its model and write the
-    artefacts (`model.pt2`, `model.py`, `plan.json`) into `target` (default `directory/emitted`);
-    a `module:` model named by `run.json` runs only with `trust_code` (`Run.require_trust`)."""
+    artefacts (`model.pt2`, `model.py`, `plan.json`; with `generate` also `prefill.pt2`) into
+    `target` (default `directory/emitted`), on `batch` example rows (default: the model's); a
+    `module:` model named by `run.json` runs only with `trust_code` (`Run.require_trust`)."""
     run = read_run(directory)
     run.require_trust(directory, trust_code, data=False)
     _, settings = read_schedule(directory)
-    emitted = compile_emitted(run.space, resolve_model(run.model, run.dtype), settings)
-    return emitted, write_artifacts(emitted, target or directory / EMITTED)
+    loaded = resolve_model(run.model, run.dtype)
+    loaded = loaded if batch is None else loaded.with_batch(batch)
+    emitted = compile_emitted(run.space, loaded, settings)
+    out = target or directory / EMITTED
+    return emitted, write_generative(emitted, loaded, out) if generate else write_artifacts(emitted, out)

@@ -112,11 +112,13 @@ def _plan(entering: int, keep: int, **regime: Any) -> SitePlan:
                          ids=["prune", "merge", "unified", "fuse", "contextual"])
 def test_hard_site_operator(regime: dict[str, Any]):
     """The operator formula (cosine affinity + transfer matmuls) equals FlopCounterMode on the
-    hard site itself, for pruning, merging, fusing into one token and contextual targets."""
+    hard site itself, for pruning (a gather: no matmul at all), merging, fusing into one token
+    and contextual targets."""
     x, scores, features = _r(2, 20, 6), _r(2, 20), _r(2, 20, 4)
     site = HardSite(_plan(16, 7, **regime))
     graph = fx.Graph()
     inputs = [graph.placeholder(name) for name in ("x", "scores", "features")]
     graph.output(graph.call_module("site", tuple(inputs)))
     gm = fx.GraphModule(nn.ModuleDict({"site": site}), graph)
-    assert _total(gm, (x, scores, features)) == counted(lambda: site(x, scores, features)) > 0
+    flops = counted(lambda: site(x, scores, features))
+    assert _total(gm, (x, scores, features)) == flops and (flops == 0) == site.plan.selects_only

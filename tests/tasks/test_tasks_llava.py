@@ -253,3 +253,34 @@ def test_a_data_factory_and_several_images_per_example(checkpoint: tuple[Path, P
     two = ChatEncoder(loaded.processor, [Example((grey, grey), "are there more circles ?", "yes")])
     assert two.span[1] - two.span[0] == 32  # both images' tokens, one run
     assert two.batch([0]).kwargs["pixel_values"].shape[0] == 2
+
+
+FASTV_HALF = """space fastv_half {
+  tokens { reducible: visual protected: text }
+  site decoder.layers[1] { activate: on retain: 50% score: attention(query: last) operator: prune }
+}
+"""
+
+
+def test_emit_generate_and_answer_through_the_cli(checkpoint: tuple[Path, Path], tmp_path: Path):
+    """`deos emit --generate --batch 1` writes prefill.pt2 (dynamic prompt length), and `deos
+    generate --dense` answers the JSONL's prompts with it beside the dense checkpoint, and its
+    layer 2 caches half the image tokens; a directory without an emitted model is named."""
+    directory, data = checkpoint
+    space = tmp_path / "fastv.deos"
+    space.write_text(FASTV_HALF)
+    out = tmp_path / "generative"
+    code, printed, err = run("emit", space, "--model", directory, "--out", out, "--generate", "--batch", "1")
+    assert code == 0, err
+    assert (out / "prefill.pt2").is_file() and "prefill.pt2" in printed
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["generation"]["dynamic_length"] and plan["generation"]["inputs"]["input_ids"][0] == 1
+    code, printed, err = run("generate", out, "--data", data, "--examples", "6", "--max-new-tokens", "2", "--dense")
+    assert code == 0, err
+    cache = next(line for line in printed.splitlines() if line.startswith("KV cache"))
+    length = int(cache.split("dense [")[1].split(",")[0])
+    image = ChatEncoder(resolve_model(str(directory)).processor, read_jsonl(data, 1)).span
+    assert f"emitted [{length}, {length}, {length - (image[1] - image[0]) // 2}]" in cache  # 3 layers
+    assert "answers starting with the expected one: emitted" in printed and "identical to dense: " in printed
+    code, _, err = run("generate", tmp_path, "--data", data)
+    assert code != 0 and "holds no readable emitted model" in err

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU, from a clean checkout, in under 8 minutes.
+#   1. installs what the machine's Python lacks of deos's closure (lark, pydantic, ...) at the
+#      lock's pins (hash-checked; from ./.wheels when that folder exists: a machine without
+#      network gets the wheels carried in, `bash scripts/gpu-wheels.sh` writes them), then deos
+#      itself (editable, no resolution), beside the machine's own CUDA torch and transformers;
+#   2. the suite's CUDA tests (bf16 / CUDA paths of the operator and the relaxed search);
+#   3. a short bf16 search on the realistic default (the shipped HF LLaVA) under 25% tokens;
+#   4. the three speed benchmarks with --device cuda: emitted vs dense (the study's schedules),
+#      emitted FastV vs hand-written FastV, and generation (TTFT, decode) dense vs emitted.
+# Every figure goes to stdout and to $OUT (default runs/gpu-check/) with the GPU's name.
+# DEVICE=cpu runs the same steps on the CPU with shorter settings (checks the script itself).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+OUT="${OUT:-runs/gpu-check}"
+rm -rf "$OUT" && mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu-check.log") 2>&1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ -d .wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.wheels"; fi
+START=$(date +%s)
+step() { echo; echo "== $1 ($(( $(date +%s) - START )) s)"; }
+
+step "machine"
+"$PY" - <<'EOF'
+import platform, torch
+name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), GPU: {name}")
+EOF
+
+step "install what is missing (lock pins)"
+"$PY" scripts/missing_from_lock.py requirements.lock > "$OUT/missing.txt"
+if [ -s "$OUT/missing.txt" ]; then
+    cut -d= -f1 "$OUT/missing.txt" | grep -v '^ ' | tr '\n' ' '; echo
+    "$PY" -m pip install --quiet --no-deps --require-hashes -r "$OUT/missing.txt"
+fi
+"$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
+
+if [ "$DEVICE" = cuda ]; then
+    STEPS=40 REPEATS=20 SIZES=(1 32) GEN_SIZES=(1 8) EXAMPLES=512
+else
+    STEPS=4 REPEATS=2 SIZES=(1 4) GEN_SIZES=(1) EXAMPLES=64
+fi
+
+step "the suite's CUDA tests"
+"$PY" -m pytest -q -p no:logging tests/ops/test_ops_relaxed.py tests/ops/test_ops_unified.py -k cuda -rs
+
+step "a short bf16 search on the shipped HF LLaVA (25% tokens, $STEPS steps)"
+"$PY" -m deos_dsl.cli data export embedded --split train --limit "$EXAMPLES" --out "$OUT/data"
+"$PY" -m deos_dsl.cli search benchmarks/search_25.deos --space eos_25 --model embedded:llava --data "$OUT/data" \
+    --out "$OUT/search-25" --steps "$STEPS" --val 0 --device "$DEVICE" --dtype "$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)"
+
+step "emitted vs dense, the study's schedules (embedded model)"
+"$PY" benchmarks/bench_emitted_speed.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+step "emitted FastV vs hand-written FastV (shipped HF LLaVA)"
+"$PY" benchmarks/bench_fastv_handwritten.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+step "generation: time to first token and decode, dense vs emitted (shipped HF LLaVA, 25% schedules)"
+"$PY" benchmarks/bench_generate.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${GEN_SIZES[@]}"
+step "done"
