@@ -33,6 +33,9 @@ only once everything is written (never a half-written `out`):
   at its language model (`compiler/prelude.py`): `model.pt2` then holds the language model and
   head, called with the prelude's outputs.
 
+Further programs and plan entries ride along (`write_artifacts(..., programs, plan)`): the
+generative prefill `prefill.pt2` and plan.json's `generation` entry (`generate.write_generative`).
+
 `load_emitted(directory)` returns the emitted model called like the model it came from, with the
 processor's inputs: the program alone, or (a split model) the checkpoint's own prelude, loaded
 with transformers from the directory plan.json names, followed by the program.
