@@ -31,7 +31,7 @@ from deos_dsl.frontend import load_spaces
 from deos_dsl.measure import counted_flops, generation_latencies, model_and_prompts
 from deos_dsl.measure.render import markdown_table
 from deos_dsl.pipeline import compile_emitted, generator_of
-from deos_dsl.pipeline.generate import EagerPrefill, Generator
+from deos_dsl.pipeline.generate import Generator, dense_generator
 from deos_dsl.search.result import read_run, read_schedule
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +82,7 @@ def main() -> None:
     rows = []
     try:
         loaded, device, batches = model_and_prompts(args.model, args.device, args.batch_sizes, args.data)
-        whole = loaded.prelude.model if loaded.prelude is not None else loaded.model
-        dense = Generator(EagerPrefill(whole), loaded.model)
+        dense = dense_generator(loaded)
         chosen = schedules(args)
         for size in args.batch_sizes:
             inputs = batches[size]

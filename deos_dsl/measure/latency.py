@@ -20,14 +20,19 @@ import torch
 from deos_dsl.pipeline import Generator
 
 
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """What waits for `device` to finish its queued work (CUDA), or does nothing (CPU)."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def median_latencies(runners: dict[str, Callable[[], object]], repeats: int, warmup: int,
                      device: torch.device | str = "cpu") -> dict[str, float]:
     """Median seconds of one call of each runner over `repeats` interleaved rounds, after
     `warmup` untimed rounds; `device` is where the runners compute."""
     if repeats < 1:
         raise ValueError(f"repeats must be positive, got {repeats}")
-    device = torch.device(device)
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    synchronize = synchronizer(device)
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     with torch.inference_mode():
         for round_ in range(warmup + repeats):
@@ -56,8 +61,7 @@ def generation_latencies(generators: dict[str, Generator], inputs: dict[str, Any
     `inputs` and of its `new_tokens - 1` following greedy decode steps (no end token)."""
     if repeats < 1 or new_tokens < 2:
         raise ValueError(f"need repeats >= 1 and new_tokens >= 2, got {repeats} and {new_tokens}")
-    device = torch.device(device)
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    synchronize = synchronizer(device)
     first: dict[str, list[float]] = {name: [] for name in generators}
     steps: dict[str, list[float]] = {name: [] for name in generators}
     with torch.inference_mode():

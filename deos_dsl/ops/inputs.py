@@ -79,7 +79,7 @@ def prepare_site(x: Tensor, reducible, scores: Tensor, **inputs: Unpack[SiteInpu
     cd = compute_dtype(x.dtype)
     v_list = reducible_positions(reducible, n)
     v_idx = torch.tensor(v_list, dtype=torch.long, device=x.device)
-    every = v_list == list(range(n))  # nothing protected: the reducible set is the stream itself
+    every = len(v_list) == n  # sorted, unique, in [0, n): nothing protected, the stream itself
     xc = x.to(cd)
     xv = xc if every else xc.index_select(1, v_idx)
     sizes_c = torch.ones(b, n, dtype=cd, device=x.device) if sizes is None else sizes.to(cd).expand(b, n)

@@ -322,6 +322,13 @@ def generator_of(emitted: Emitted, loaded: LoadedModel) -> Generator:
     return Generator(prefill_of(emitted, loaded.model), loaded.model, loaded.prelude)
 
 
+def dense_generator(loaded: LoadedModel) -> Generator:
+    """The dense model generating on its own full cache, called with the processor's inputs (a
+    split model: its whole forward, prelude included)."""
+    whole = loaded.prelude.model if loaded.prelude is not None else loaded.model
+    return Generator(EagerPrefill(whole), loaded.model)
+
+
 def export_prefill(prefill: Prefill, inputs: dict[str, Any]) -> tuple[torch.export.ExportedProgram, bool]:
     """`prefill` exported on `inputs` (tensors, positionally), the prompt length dynamic where
     the graph allows it, else static; returns the program and whether the length is dynamic."""
@@ -416,8 +423,8 @@ def _run(generator: Generator, encoder: ChatEncoder, rows: int, max_new_tokens: 
 def answer_dataset(directory: Path, data: Path, examples: int | None, max_new_tokens: int, dense: bool,
                    trust_code: bool = False, step: Callable[[int], None] = lambda done: None) -> Answers:
     """Generate with the emitted model in `directory` (`write_generative`) on the prompts of the
-    JSONL `data` (or a directory holding `data.jsonl`; its first `examples`), and with the dense checkpoint too when `dense`; `step`
-    is told how many examples each call finished."""
+    JSONL `data` (or a directory holding `data.jsonl`; its first `examples`), and with the dense
+    checkpoint too when `dense`; `step` is told how many examples each call finished."""
     generator, loaded, plan = _loaded(directory, trust_code)
     if loaded.processor is None:
         raise DeosCompileError(f"model `{plan['model']}` has no processor to encode prompts with",
@@ -431,8 +438,6 @@ def answer_dataset(directory: Path, data: Path, examples: int | None, max_new_to
     emitted, cache = _run(generator, encoder, rows, max_new_tokens, eos, step)
     dense_texts, dense_cache = None, None
     if dense:
-        whole = loaded.prelude.model if loaded.prelude is not None else loaded.model  # a split model's whole forward
-        baseline = Generator(EagerPrefill(whole), loaded.model)
-        dense_texts, dense_cache = _run(baseline, encoder, rows, max_new_tokens, eos, step)
+        dense_texts, dense_cache = _run(dense_generator(loaded), encoder, rows, max_new_tokens, eos, step)
     return Answers([example.where for example in read], [example.answer for example in read], emitted, dense_texts,
                    cache, dense_cache)

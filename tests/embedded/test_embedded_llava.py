@@ -28,7 +28,7 @@ from deos_dsl.embedded.llava import IMAGE_TOKENS, TOKEN, pixel_values, training_
 from deos_dsl.embedded.llava_eval import accuracy, answers, cls_attention
 from deos_dsl.frontend import load_spaces, loads
 from deos_dsl.pipeline import compile_emitted, generator_of
-from deos_dsl.pipeline.generate import EagerPrefill, Generator
+from deos_dsl.pipeline.generate import dense_generator
 from deos_dsl.tasks import LanguageTask, ProceduralChatSource, make_task
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
@@ -178,7 +178,7 @@ def test_fastv_generates_on_a_shorter_cache_and_still_answers():
     on_inputs = dataclasses.replace(loaded, kwargs=inputs)
     emitted = compile_emitted(next(s for s in load_spaces(SPACES / "fastv.deos") if s.name == "fastv"), on_inputs)
     generated = generator_of(emitted, on_inputs).generate(inputs, 3, TOKEN["</s>"])
-    dense = Generator(EagerPrefill(loaded.model), loaded.model).generate(inputs, 3, TOKEN["</s>"])
+    dense = dense_generator(loaded).generate(inputs, 3, TOKEN["</s>"])
     length = inputs["input_ids"].shape[1]
     assert dense.cache_lengths == [length] * 8
     assert generated.cache_lengths == [length] * 2 + [length - IMAGE_TOKENS // 2] * 6
