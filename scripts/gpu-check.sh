@@ -10,6 +10,8 @@
 #      emitted FastV vs hand-written FastV, and generation (TTFT, decode) dense vs emitted.
 # Every figure goes to stdout and to $OUT (default runs/gpu-check/) with the GPU's name.
 # DEVICE=cpu runs the same steps on the CPU with shorter settings (checks the script itself).
+# A failing check does not stop the ones after it (a lent GPU is scarce: one run should bring back
+# every figure it can); the script names the failed checks and exits 1 at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -21,6 +23,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ -d .wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.wheels"; fi
 START=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - START )) s)"; }
+FAILED=()
+check() {  # check NAME COMMAND...: run one check, remember it when it fails
+    local name="$1"; shift
+    "$@" || { echo "!! check failed: $name (exit $?)"; FAILED+=("$name"); }
+}
 
 step "machine"
 "$PY" - <<'EOF'
@@ -44,17 +51,22 @@ else
 fi
 
 step "the suite's CUDA tests"
-"$PY" -m pytest -q -p no:logging tests/ops/test_ops_relaxed.py tests/ops/test_ops_unified.py -k cuda -rs
+check "CUDA tests" "$PY" -m pytest -q -p no:logging tests/ops/test_ops_relaxed.py tests/ops/test_ops_unified.py -k cuda -rs
 
 step "a short bf16 search on the shipped HF LLaVA (25% tokens, $STEPS steps)"
-"$PY" -m deos_dsl.cli data export embedded --split train --limit "$EXAMPLES" --out "$OUT/data"
-"$PY" -m deos_dsl.cli search benchmarks/search_25.deos --space eos_25 --model embedded:llava --data "$OUT/data" \
+search() {
+    "$PY" -m deos_dsl.cli data export embedded --split train --limit "$EXAMPLES" --out "$OUT/data" &&
+    "$PY" -m deos_dsl.cli search benchmarks/search_25.deos --space eos_25 --model embedded:llava --data "$OUT/data" \
     --out "$OUT/search-25" --steps "$STEPS" --val 0 --device "$DEVICE" --dtype "$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)"
+}
+check "bf16 search" search
 
 step "emitted vs dense, the study's schedules (embedded model)"
-"$PY" benchmarks/bench_emitted_speed.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+check bench_emitted_speed.py "$PY" benchmarks/bench_emitted_speed.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
 step "emitted FastV vs hand-written FastV (shipped HF LLaVA)"
-"$PY" benchmarks/bench_fastv_handwritten.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+check bench_fastv_handwritten.py "$PY" benchmarks/bench_fastv_handwritten.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
 step "generation: time to first token and decode, dense vs emitted (shipped HF LLaVA, 25% schedules)"
-"$PY" benchmarks/bench_generate.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${GEN_SIZES[@]}"
+check bench_generate.py "$PY" benchmarks/bench_generate.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${GEN_SIZES[@]}"
 step "done"
+if [ ${#FAILED[@]} -gt 0 ]; then echo "failed checks: ${FAILED[*]}"; exit 1; fi
+echo "every check passed"

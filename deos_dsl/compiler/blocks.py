@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import networkx as nx
 import torch
 from torch import fx, nn
-from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
+from torch.fx.experimental import symbolic_shapes
 
 from deos_dsl.frontend.diagnostics import suggest
 
@@ -354,10 +354,19 @@ def _is_conv(node: fx.Node) -> bool:
     return str(node.target).startswith(CONV_OPS)
 
 
+# torch >= 2.12 spells "the hint, or raise when data-dependent" `guarding_hint_or_throw` (and warns
+# on the older `ShapeEnv.size_hint`); the GPU machines' torch 2.11 has only the older spelling.
+GUARDING_HINT = getattr(symbolic_shapes, "guarding_hint_or_throw", None)
+
+
 def example_size(size: int | torch.SymInt) -> int:
     """A size at the example inputs (its dense value), without adding a guard on a symbolic one;
     raises `GuardOnDataDependentSymNode` for a data-dependent size (no hint)."""
-    return int(guarding_hint_or_throw(size)) if isinstance(size, torch.SymInt) else int(size)
+    if not isinstance(size, torch.SymInt):
+        return int(size)
+    if GUARDING_HINT is None:
+        return int(size.node.shape_env.size_hint(size.node.expr))
+    return int(GUARDING_HINT(size))
 
 
 def _is_token_cat(node: fx.Node, length: int) -> bool:

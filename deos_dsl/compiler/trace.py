@@ -130,11 +130,27 @@ def expand_scatter_masks(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def drop_metadata_assertions(gm: fx.GraphModule) -> fx.GraphModule:
+    """Remove `aten._assert_tensor_metadata` nodes: export writes one before every `.to(dtype)`,
+    asserting the dtype the TRACE saw, so the graph fails under autocast (the CUDA search runs
+    in bf16 autocast: a float32 trace then sees bf16 tensors). They compute nothing."""
+    for node in list(gm.graph.find_nodes(op="call_function", target=torch.ops.aten._assert_tensor_metadata.default)):
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def exported_graph(program: ExportedProgram) -> fx.GraphModule:
+    """The graph module deos compiles from `program`: no trace-time dtype assertions, broadcast
+    scatter masks expanded."""
+    return expand_scatter_masks(drop_metadata_assertions(program.module()))
+
+
 def export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
     """`export(strict=False)` with `Dim.AUTO` on every sequence dim (`sequence_dynamic_shapes`);
     export specialises a dim silently where the model fixes it (`symbolic_dims` tells)."""
     dynamic = sequence_dynamic_shapes(model, args, kwargs)
-    return expand_scatter_masks(export(model, args, kwargs, dynamic_shapes=dynamic, strict=False).module())
+    return exported_graph(export(model, args, kwargs, dynamic_shapes=dynamic, strict=False))
 
 
 def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
@@ -142,7 +158,7 @@ def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     try:
         return export_dynamic(model, args, kwargs)
     except Exception:  # noqa: BLE001  (any export failure: the static retry decides)
-        return expand_scatter_masks(export(model, args, kwargs, strict=False).module())
+        return exported_graph(export(model, args, kwargs, strict=False))
 
 
 EAGER_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -266,7 +282,7 @@ def trace_language_model(model: nn.Module, length: int = 24) -> TracedModel:
 
 def _from_traced(traced: fx.GraphModule | ExportedProgram, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TracedModel:
     if isinstance(traced, ExportedProgram):
-        gm = traced.module()
+        gm = exported_graph(traced)
         return TracedModel(gm, GIVEN_PROGRAM, None, args, kwargs, symbolic_dims(gm))
     if any(node.op != "output" and "val" not in node.meta for node in traced.graph.nodes):
         propagate(traced, None, args, kwargs)

@@ -10,7 +10,8 @@ from torch import fx, nn
 
 from compiler_models import CASES, DataDependent, loaded, tensors, traced
 from deos_dsl.compiler import UntraceableModelError, build_block_map, trace, trace_language_model
-from deos_dsl.compiler.trace import EXPORT, GIVEN_GRAPH, GIVEN_PROGRAM, LANGUAGE_MODEL, SYMBOLIC
+from deos_dsl.compiler.trace import (EAGER_TOLERANCE, EXPORT, GIVEN_GRAPH, GIVEN_PROGRAM, LANGUAGE_MODEL, SYMBOLIC,
+                                    relative_error)
 
 
 @pytest.mark.parametrize(("name", "tracer"), CASES)
@@ -52,6 +53,33 @@ def test_already_traced_input_is_accepted():
     for result in (from_program, from_graph):
         torch.testing.assert_close(result.run(), model.model(*model.args), atol=1e-5, rtol=0)
         assert [len(s.blocks) for s in build_block_map(result).stacks] == [4, 4]
+
+
+class Upcast(nn.Module):
+    """What an RMSNorm does: computes in float32 and returns the input's dtype (`.to` twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        return (h.to(torch.float32) * h.to(torch.float32).square().mean(-1, keepdim=True).rsqrt()).to(h.dtype)
+
+
+def test_traced_graph_runs_under_autocast_as_eager():
+    # the CUDA search runs the float32 trace under bf16 autocast: export's dtype assertions
+    # before each `.to` (the dtype the trace saw) must not survive into the graph; its values
+    # are eager's within bf16 rounding
+    upcast, hf = Upcast(), loaded("hf:Qwen2Model")
+    example = (torch.randn(2, 5, 8),)
+    cases = [(upcast, example, {}, trace(upcast, example)), (hf.model, hf.args, hf.kwargs, traced("hf:Qwen2Model"))]
+    for model, args, kwargs, result in cases:
+        assert result.tracer == EXPORT
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = tensors(result.graph_module(*args, **kwargs)), tensors(model(*args, **kwargs))
+        for a, b in zip(got, want, strict=True):  # a trace fixes `.to(h.dtype)` at the dtype it saw
+            assert relative_error(b.float(), a.float()) < EAGER_TOLERANCE[torch.bfloat16]
 
 
 def test_untraceable_model_gets_one_error_listing_every_tracer():

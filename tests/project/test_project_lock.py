@@ -87,3 +87,21 @@ def test_a_machine_torch_outside_the_tested_range_is_named():
     (warning,) = env_check.outside_range({"torch"}, have)
     assert warning.startswith("torch==2.11.0+cu130 is outside the tested range `torch>=")
     assert env_check.outside_range({"torch"}, {"torch": env_check.read_lock(LOCK)["torch"]}) == []
+
+
+_spec_missing = importlib.util.spec_from_file_location("missing_from_lock", ROOT / "scripts" / "missing_from_lock.py")
+# registered before it runs: its dataclass looks its module up
+missing_from_lock = sys.modules["missing_from_lock"] = importlib.util.module_from_spec(_spec_missing)
+_spec_missing.loader.exec_module(missing_from_lock)
+
+
+def test_the_gpu_check_installs_what_deos_needs_and_the_machine_lacks(monkeypatch: pytest.MonkeyPatch):
+    # the GPU machine has its own torch, transformers and huggingface-hub (older releases), no
+    # lark or pydantic: it must get pydantic's own dependencies too, and nothing that only the
+    # lock's NEWER huggingface-hub / transformers need (there is no wheel of those on that machine)
+    lacking = {"lark", "interegular", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
+               "httpx2", "httpcore2", "kernels", "tomlkit", "truststore", "torch"}
+    monkeypatch.setattr(missing_from_lock, "installed", lambda name: name not in lacking)
+    needed = missing_from_lock.needed(missing_from_lock.entries(LOCK))
+    assert {entry.name for entry in needed} == lacking - {"httpx2", "httpcore2", "kernels", "tomlkit", "truststore", "torch"}
+    assert all(entry.text.startswith(f"{entry.name}==") and "--hash=sha256:" in entry.text for entry in needed)
