@@ -7,7 +7,11 @@
 #   2. the suite's CUDA tests (bf16 / CUDA paths of the operator and the relaxed search);
 #   3. a short bf16 search on the realistic default (the shipped HF LLaVA) under 25% tokens;
 #   4. the three speed benchmarks with --device cuda: emitted vs dense (the study's schedules),
-#      emitted FastV vs hand-written FastV, and generation (TTFT, decode) dense vs emitted.
+#      emitted FastV vs hand-written FastV, and generation (TTFT, decode) dense vs emitted;
+#   5. generation and FastV again on a LLaVA-1.5-shaped model with random weights
+#      (benchmarks/scaled_llava.py: 576 image tokens, 1.5 B parameters): the shipped model is too
+#      small to leave a GPU's launch-overhead regime.
+# ONLY="search scaled" runs just those checks (names: cuda-tests search emitted fastv generate scaled).
 # Every figure goes to stdout and to $OUT (default runs/gpu-check/) with the GPU's name.
 # DEVICE=cpu runs the same steps on the CPU with shorter settings (checks the script itself).
 # A failing check does not stop the ones after it (a lent GPU is scarce: one run should bring back
@@ -24,8 +28,10 @@ if [ -d .wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.wheels"; fi
 START=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - START )) s)"; }
 FAILED=()
-check() {  # check NAME COMMAND...: run one check, remember it when it fails
+ONLY="${ONLY:-cuda-tests search emitted fastv generate scaled}"
+check() {  # check NAME COMMAND...: run one check (unless ONLY leaves it out), remember it when it fails
     local name="$1"; shift
+    case " $ONLY " in *" $name "*) ;; *) echo "(skipped: not in ONLY)"; return 0 ;; esac
     "$@" || { echo "!! check failed: $name (exit $?)"; FAILED+=("$name"); }
 }
 
@@ -45,13 +51,13 @@ fi
 "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
 
 if [ "$DEVICE" = cuda ]; then
-    STEPS=40 REPEATS=20 SIZES=(1 32) GEN_SIZES=(1 8) EXAMPLES=512
+    STEPS=40 REPEATS=20 SIZES=(1 32) GEN_SIZES=(1 8) EXAMPLES=512 GEOMETRY=1.5b SCALED_SIZES=(1 8)
 else
-    STEPS=4 REPEATS=2 SIZES=(1 4) GEN_SIZES=(1) EXAMPLES=64
+    STEPS=4 REPEATS=2 SIZES=(1 4) GEN_SIZES=(1) EXAMPLES=64 GEOMETRY=smoke SCALED_SIZES=(1)
 fi
 
 step "the suite's CUDA tests"
-check "CUDA tests" "$PY" -m pytest -q -p no:logging tests/ops/test_ops_relaxed.py tests/ops/test_ops_unified.py -k cuda -rs
+check cuda-tests "$PY" -m pytest -q -p no:logging tests/ops/test_ops_relaxed.py tests/ops/test_ops_unified.py -k cuda -rs
 
 step "a short bf16 search on the shipped HF LLaVA (25% tokens, $STEPS steps)"
 search() {
@@ -59,14 +65,26 @@ search() {
     "$PY" -m deos_dsl.cli search benchmarks/search_25.deos --space eos_25 --model embedded:llava --data "$OUT/data" \
     --out "$OUT/search-25" --steps "$STEPS" --val 0 --device "$DEVICE" --dtype "$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)"
 }
-check "bf16 search" search
+check search search
 
 step "emitted vs dense, the study's schedules (embedded model)"
-check bench_emitted_speed.py "$PY" benchmarks/bench_emitted_speed.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+check emitted "$PY" benchmarks/bench_emitted_speed.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
 step "emitted FastV vs hand-written FastV (shipped HF LLaVA)"
-check bench_fastv_handwritten.py "$PY" benchmarks/bench_fastv_handwritten.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
+check fastv "$PY" benchmarks/bench_fastv_handwritten.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${SIZES[@]}"
 step "generation: time to first token and decode, dense vs emitted (shipped HF LLaVA, 25% schedules)"
-check bench_generate.py "$PY" benchmarks/bench_generate.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${GEN_SIZES[@]}"
+check generate "$PY" benchmarks/bench_generate.py --device "$DEVICE" --repeats "$REPEATS" --batch-sizes "${GEN_SIZES[@]}"
+step "the same on a LLaVA-1.5-shaped model with random weights ($GEOMETRY)"
+scaled() {
+    "$PY" benchmarks/scaled_llava.py --out "$OUT/scaled" --geometry "$GEOMETRY" --device "$DEVICE" &&
+    "$PY" benchmarks/bench_generate.py --model "$OUT/scaled" --names prune_25 fastv_25 --device "$DEVICE" \
+        --repeats 10 --batch-sizes 1 &&
+    "$PY" benchmarks/bench_fastv_handwritten.py --model "$OUT/scaled" --device "$DEVICE" --repeats 10 \
+        --batch-sizes "${SCALED_SIZES[@]}"
+    local status=$?
+    rm -rf "$OUT/scaled"  # gigabytes of random weights
+    return $status
+}
+check scaled scaled
 step "done"
 if [ ${#FAILED[@]} -gt 0 ]; then echo "failed checks: ${FAILED[*]}"; exit 1; fi
 echo "every check passed"
