@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -18,7 +20,7 @@ from checkpoint_cases import run, search_learns_onto_budget
 from tiny_llava import save_tiny_llava, sharpen_and_self_label
 
 from deos_dsl.compiler.models import resolve_model
-from deos_dsl.data import ChatEncoder, Example, export_embedded, read_jsonl
+from deos_dsl.data import ChatEncoder, Example, export_embedded, prompt_batches, read_jsonl, shapes_vqa_example
 from deos_dsl.errors import DataError, DeosCompileError
 from deos_dsl.tasks import LanguageTask, make_task
 
@@ -284,3 +286,19 @@ def test_emit_generate_and_answer_through_the_cli(checkpoint: tuple[Path, Path],
     assert "answers starting with the expected one: emitted" in printed and "identical to dense: " in printed
     code, _, err = run("generate", tmp_path, "--data", data)
     assert code != 0 and "holds no readable emitted model" in err
+
+
+def test_the_gpu_checks_scaled_checkpoint_has_llava_15_geometry_and_runs(tmp_path: Path):
+    # benchmarks/scaled_llava.py (the GPU speed model; `smoke`: its token counts, tiny widths)
+    directory = tmp_path / "scaled"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "scaled_llava.py"
+    subprocess.run([sys.executable, str(script), "--out", str(directory), "--geometry", "smoke"], check=True,
+                   capture_output=True)
+    loaded = resolve_model(str(directory))
+    (batch,) = prompt_batches(loaded.processor, [shapes_vqa_example("test", 0)], [1]).values()
+    image = loaded.model.config.image_token_id
+    assert int((batch["input_ids"][0] == image).sum()) == 576 == loaded.model.config.image_seq_length
+    assert batch["pixel_values"].shape == (1, 3, 336, 336)
+    with torch.no_grad():
+        logits = loaded.model(**batch).logits
+    assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
