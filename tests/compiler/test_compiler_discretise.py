@@ -49,11 +49,12 @@ def test_static_length_exports_are_refused(name: str, space: ir.Space):
 
 def test_cleanup_removes_unused_site_outputs_and_keeps_impure_nodes():
     block_map = fresh_block_map(QWEN)
-    asserts = [n.name for n in block_map.graph_module.graph.nodes if is_impure(n) and n.op != "placeholder"]
-    assert asserts and any("_assert" in name for name in asserts)
+    # whatever the trace holds that torch.fx calls impure (export's guard function, ...), measured
+    impure = [n.name for n in block_map.graph_module.graph.nodes if is_impure(n) and n.op not in ("placeholder", "output")]
+    assert impure
     _, _, removed = emit(block_map, bundled("fastv.deos", "fastv"))
     names = {n.name for n in block_map.graph_module.graph.nodes}
-    assert set(asserts) <= names
+    assert set(impure) <= names
     assert any(name.startswith("getitem") for name in removed)  # the site outputs nothing reads
 
 
