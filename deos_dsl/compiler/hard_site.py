@@ -172,10 +172,14 @@ class HardSite(nn.Module):
                                positions=self.positions, dest_eligible=transfer.dest_eligible,
                                source_weights=transfer.source_weights,
                                features=None if features is None else features[:, start:end])
-        kept_idx = self._around(torch.where(result.kept_idx < 0, end - 1, result.kept_idx + start), x.shape[1])
+        stream_idx = result.kept_idx + start
+        if plan.fuse:  # the fused token (-1) takes the span's last token's side tensors
+            stream_idx = torch.where(result.kept_idx < 0, end - 1, stream_idx)
+        kept_idx = self._around(stream_idx, x.shape[1])
         out = torch.cat([x[:, :start], result.x, x[:, end:]], dim=1)
         carried = x.new_ones(x.shape[:2], dtype=result.sizes.dtype) if sizes is None else sizes.to(result.sizes.dtype)
         out_sizes = torch.cat([carried[:, :start], result.sizes, carried[:, end:]], dim=1)
-        around = attention_bias(torch.ones_like(carried), carried, plan.proportional)
+        around = attention_bias(torch.ones_like(carried), carried, True) if plan.proportional \
+            else torch.zeros_like(carried)  # log 1 = 0 for every token around the span
         bias = torch.cat([around[:, :start], result.attn_bias, around[:, end:]], dim=1)
         return out, kept_idx, out_sizes, bias

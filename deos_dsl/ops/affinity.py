@@ -41,37 +41,46 @@ def locality(pos_src: Tensor, pos_dst: Tensor, width: Param) -> tuple[Tensor | N
     return -dist / batch_view(width, 3, dist.dtype, dist.device), None
 
 
-def _one_hot_argmax(S: Tensor, allowed: Tensor) -> Tensor:
-    masked = S.masked_fill(~allowed, -math.inf)
+def _one_hot_argmax(S: Tensor, allowed: Tensor | None) -> Tensor:
+    masked = S if allowed is None else S.masked_fill(~allowed, -math.inf)
     idx = masked.argmax(dim=-1, keepdim=True)  # first index on ties
     hot = torch.zeros_like(S).scatter_(-1, idx, 1.0)
-    return hot * allowed.any(dim=-1, keepdim=True)
+    return hot if allowed is None else hot * allowed.any(dim=-1, keepdim=True)
 
 
-def _normalised(weights: Tensor) -> Tensor:
+def _normalised(weights: Tensor, positive: bool = False) -> Tensor:
+    """Rows scaled to sum 1; all-zero rows stay zero (`positive`: no row is all zero)."""
     den = weights.sum(dim=-1, keepdim=True)
-    return weights / torch.where(den > 0, den, torch.ones_like(den))
+    return weights / (den if positive else torch.where(den > 0, den, torch.ones_like(den)))
 
 
-def _uniform(S: Tensor, allowed: Tensor, log_weight: Tensor | None) -> Tensor:
+def _uniform(S: Tensor, allowed: Tensor | None, log_weight: Tensor | None) -> Tensor:
+    if allowed is None:
+        return _normalised(torch.ones_like(S) if log_weight is None else log_weight.exp().expand_as(S))
     w = allowed.to(S.dtype) if log_weight is None else allowed * log_weight.exp()
     return _normalised(w.expand_as(S))
 
 
-def _softmax(S: Tensor, tau: Tensor, allowed: Tensor, log_weight: Tensor | None) -> Tensor:
-    s_max = S.masked_fill(~allowed, -math.inf).amax(dim=-1, keepdim=True).detach()
-    s_max = torch.where(torch.isfinite(s_max), s_max, torch.zeros_like(s_max))
-    z = (S - s_max) / tau.clamp_min(TAU_MIN)
+def _finite_max(z: Tensor, allowed: Tensor | None) -> Tensor:
+    """Row maxima `[..., 1]` of `z` over allowed entries (0 for a row with none), detached."""
+    if allowed is None:  # every entry allowed and finite
+        return z.amax(dim=-1, keepdim=True).detach()
+    z_max = z.masked_fill(~allowed, -math.inf).amax(dim=-1, keepdim=True).detach()
+    return torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
+
+
+def _softmax(S: Tensor, tau: Tensor, allowed: Tensor | None, log_weight: Tensor | None) -> Tensor:
+    z = (S - _finite_max(S, allowed)) / tau.clamp_min(TAU_MIN)
     if log_weight is not None:
         z = z + log_weight
-    z = z.masked_fill(~allowed, -math.inf)
-    z_max = z.amax(dim=-1, keepdim=True).detach()
-    z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
-    return _normalised(torch.exp(z - z_max))
+    if allowed is not None:
+        z = z.masked_fill(~allowed, -math.inf)
+    return _normalised(torch.exp(z - _finite_max(z, allowed)), positive=allowed is None)
 
 
-def tau_softmax(S: Tensor, tau: Param, allowed: Tensor, log_weight: Tensor | None = None) -> Tensor:
-    """Row-wise `P[j, i] ∝ w_i exp(S[j, i] / tau)` over allowed destinations `i`.
+def tau_softmax(S: Tensor, tau: Param, allowed: Tensor | None, log_weight: Tensor | None = None) -> Tensor:
+    """Row-wise `P[j, i] ∝ w_i exp(S[j, i] / tau)` over allowed destinations `i` (`None`: all
+    of them, and no mask is built).
 
     `log_weight [B or 1, 1, n_dst]` (finite where allowed) is an optional log prior on the
     destinations (the relaxed form's soft keep mask).  Exact limits: `tau == 0` gives the
@@ -79,7 +88,7 @@ def tau_softmax(S: Tensor, tau: Param, allowed: Tensor, log_weight: Tensor | Non
     `w_i / sum w` (uniform without weights).  Rows without an allowed destination are all
     zero.  A Python `tau` picks one branch; a tensor `tau` is resolved element-wise.
     """
-    allowed = allowed.expand_as(S)
+    allowed = None if allowed is None else allowed.expand_as(S)
     if S.shape[-1] == 0:
         return torch.zeros_like(S)
     if isinstance(tau, (int, float)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypedDict, Unpack
 
 import torch
@@ -19,8 +20,10 @@ class Site:
 
     v_list / v_idx: sorted reducible positions (Python list / LongTensor `[|V|]`);
     protected: the other positions (Python list); x `[B, N, D]` all tokens; xv `[B, |V|, D]`;
-    sizes `[B, N]`; sv `[B, |V|]`; scores, shat `[B, |V|]`; f_unit `[B, |V|, d_f]`;
-    pos `[B or 1, |V|, p]` or None; eligible `[B, |V|]` bool; weights `[B, |V|]`.
+    sizes `[B, N]`; sv `[B, |V|]`; scores `[B, |V|]`; f_unit `[B, |V|, d_f]`;
+    pos `[B or 1, |V|, p]` or None; eligible `[B, |V|]` bool, None when every token may
+    receive; weights `[B, |V|]`, None when every source weighs 1. `shat` (the mean-1 score)
+    is computed when first read: a prune or a transfer without reweighting never needs it.
     """
 
     v_list: list[int]
@@ -31,11 +34,19 @@ class Site:
     sizes: Tensor
     sv: Tensor
     scores: Tensor
-    shat: Tensor
     f_unit: Tensor
     pos: Tensor | None
-    eligible: Tensor
-    weights: Tensor
+    eligible: Tensor | None
+    weights: Tensor | None
+
+    @cached_property
+    def shat(self) -> Tensor:
+        return normalise_scores(self.scores)
+
+    def source_mass(self, drop: Tensor) -> Tensor:
+        """`[B, |V|]`: what each reducible token gives away, `drop * size * source weight`."""
+        mass = drop * self.sv
+        return mass if self.weights is None else mass * self.weights
 
 
 def over_reducible(t: Tensor, v_idx: Tensor, n: int, dim: int, what: str) -> Tensor:
@@ -77,24 +88,27 @@ def prepare_site(x: Tensor, reducible, scores: Tensor, **inputs: Unpack[SiteInpu
         raise ValueError(f"x must be [B, N, D], got {tuple(x.shape)}")
     b, n, _ = x.shape
     cd = compute_dtype(x.dtype)
+
+    def cast(t: Tensor) -> Tensor:  # no node at all when it already is the compute dtype
+        return t if t.dtype == cd else t.to(cd)
+
     v_list = reducible_positions(reducible, n)
     v_idx = torch.tensor(v_list, dtype=torch.long, device=x.device)
     every = len(v_list) == n  # sorted, unique, in [0, n): nothing protected, the stream itself
-    xc = x.to(cd)
+    xc = cast(x)
     xv = xc if every else xc.index_select(1, v_idx)
-    sizes_c = torch.ones(b, n, dtype=cd, device=x.device) if sizes is None else sizes.to(cd).expand(b, n)
+    sizes_c = torch.ones(b, n, dtype=cd, device=x.device) if sizes is None else cast(sizes).expand(b, n)
     sv = sizes_c if every else sizes_c.index_select(1, v_idx)
-    sc = over_reducible(scores, v_idx, n, -1, "scores").to(cd).expand(b, -1)
-    feats = xv if features is None else over_reducible(features, v_idx, n, -2, "features").to(cd)
+    sc = cast(over_reducible(scores, v_idx, n, -1, "scores")).expand(b, -1)
+    feats = xv if features is None else cast(over_reducible(features, v_idx, n, -2, "features"))
     pos = None
     if positions is not None:
-        pos = over_reducible(positions, v_idx, n, -2, "positions").to(cd)
+        pos = cast(over_reducible(positions, v_idx, n, -2, "positions"))
         pos = pos[None] if pos.dim() == 2 else pos
-    if dest_eligible is None:
-        elig = torch.ones(b, v_idx.numel(), dtype=torch.bool, device=x.device)
-    else:
-        elig = over_reducible(dest_eligible.bool(), v_idx, n, -1, "dest_eligible").expand(b, -1)
-    weights = sv.new_ones(()) if source_weights is None else over_reducible(source_weights, v_idx, n, -1, "source_weights").to(cd)
+    elig = None if dest_eligible is None else over_reducible(dest_eligible.bool(), v_idx, n, -1, "dest_eligible").expand(b, -1)
+    weights = None
+    if source_weights is not None:
+        weights = cast(over_reducible(source_weights, v_idx, n, -1, "source_weights")).expand(b, v_idx.numel())
     in_v = set(v_list)
     return Site(
         v_list=v_list,
@@ -105,9 +119,8 @@ def prepare_site(x: Tensor, reducible, scores: Tensor, **inputs: Unpack[SiteInpu
         sizes=sizes_c,
         sv=sv,
         scores=sc,
-        shat=normalise_scores(sc),
         f_unit=unit_rows(feats.expand(b, -1, -1)),
         pos=pos,
         eligible=elig,
-        weights=weights.expand(b, v_idx.numel()),
+        weights=weights,
     )

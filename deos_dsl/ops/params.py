@@ -78,6 +78,11 @@ def batch_view(p: Param, ndim: int, dtype: torch.dtype, device: torch.device) ->
     return t.reshape((-1,) + (1,) * (ndim - 1)) if t.dim() == 1 else t.reshape((1,) * ndim)
 
 
+def is_number(p: Param | None, value: float) -> bool:
+    """Whether `p` is the Python number `value` (a tensor never is: it may be learned)."""
+    return isinstance(p, (int, float)) and p == value
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Internal precision: float64 stays float64, every other floating dtype uses float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

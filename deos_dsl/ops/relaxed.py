@@ -75,7 +75,7 @@ def relaxed_reduce(
     log_m = torch.log(torch.where(m > 0, m, torch.ones_like(m)))[:, None, :]
     P = tau_softmax(S + log_m, regime.tau, allowed, log_m)
     a = reweight(site.xv, site.shat, regime.rho)
-    y, new_sizes = transfer(a, site.sv, P, (1.0 - m) * site.sv * site.weights, site.xv, regime.gamma, regime.nu, regime.incoming)
+    y, new_sizes = transfer(a, site.sv, P, site.source_mass(1.0 - m), site.xv, regime.gamma, regime.nu, regime.incoming)
 
     g = batch_view(gate, 2, site.xv.dtype, x.device)
     yv = site.xv + g[..., None] * (y - site.xv)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deos_dsl.ops.params import Param, batch_view
+from deos_dsl.ops.params import Param, batch_view, is_number
 
 
 def reweight(x: Tensor, shat: Tensor, rho: Param) -> Tensor:
-    """`A'_i = (1 + rho * shat_i) * A_i` for `x [B, n, D]`, `shat [B, n]`."""
+    """`A'_i = (1 + rho * shat_i) * A_i` for `x [B, n, D]`, `shat [B, n]`; `x` itself when
+    `rho` is the number 0 (the same values)."""
+    if is_number(rho, 0):
+        return x
     return x * (1.0 + batch_view(rho, 2, x.dtype, x.device) * shat)[..., None]
 
 
@@ -52,7 +55,18 @@ def transfer(
         count = mass.clamp_min(1.0)
         content = content / count[..., None]
         eff_mass = mass / count
-    base = dst_size + g2 * eff_mass
-    den = torch.where(base > 0, base, torch.ones_like(base)) ** batch_view(nu, 2, a.dtype, a.device)
+    den = _denominator(dst_size + g2 * eff_mass, nu)
     y = a * (dst_size / den)[..., None] + (g2 / den)[..., None] * content
     return y, dst_size + g2 * mass
+
+
+def without_transfer(a: Tensor, dst_size: Tensor, nu: Param) -> tuple[Tensor, Tensor]:
+    """`transfer` at `gamma = 0`, where nothing arrives: the same `(Y, sizes)` without an
+    assignment, `Y_i = s_i A'_i / s_i^nu`, sizes unchanged."""
+    return a * (dst_size / _denominator(dst_size, nu))[..., None], dst_size
+
+
+def _denominator(base: Tensor, nu: Param) -> Tensor:
+    """`base ** nu` where `base > 0`, else 1 (`[B, k]`)."""
+    den = torch.where(base > 0, base, torch.ones_like(base))
+    return den if is_number(nu, 1) else den ** batch_view(nu, 2, base.dtype, base.device)

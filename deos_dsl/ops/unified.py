@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from deos_dsl.ops.affinity import cosine_affinity, locality, tau_softmax
-from deos_dsl.ops.params import NEG_BIAS, Regime
+from deos_dsl.ops.params import NEG_BIAS, Regime, is_number
 from deos_dsl.ops.select import hard_keep, keep_count
 from deos_dsl.ops.inputs import Site, SiteInputs, prepare_site
-from deos_dsl.ops.transfer import reweight, transfer
+from deos_dsl.ops.transfer import reweight, transfer, without_transfer
 
 
 @dataclass(frozen=True)
@@ -63,20 +63,25 @@ def gather_tokens(t: Tensor, kept_idx: Tensor, fill: float = 0.0) -> Tensor:
     return out.masked_fill(missing, fill)
 
 
-def transfer_plan(site: Site, dst: Tensor, dst_ok: Tensor, regime: Regime) -> tuple[Tensor, Tensor]:
+def transfer_plan(site: Site, dst: Tensor, dst_ok: Tensor | None, regime: Regime) -> tuple[Tensor, Tensor | None]:
     """Affinity `S [B, |V|, n_dst]` from every reducible token to the destinations `dst`
     `[B, n_dst]` (positions into V) and the `allowed` mask (eligible, locality window,
-    `dst_ok [B, n_dst]`)."""
+    `dst_ok [B, n_dst]`); `allowed` is None when nothing restricts the destinations (no
+    `dst_ok`, every token eligible, no hard window)."""
     dst_unit = torch.gather(site.f_unit, 1, dst[..., None].expand(-1, -1, site.f_unit.shape[-1]))
     S = cosine_affinity(site.f_unit, dst_unit)
-    allowed = (dst_ok & torch.gather(site.eligible, 1, dst))[:, None, :]
+    allowed = dst_ok
+    if site.eligible is not None:
+        eligible = torch.gather(site.eligible, 1, dst)
+        allowed = eligible if allowed is None else allowed & eligible
+    allowed = None if allowed is None else allowed[:, None, :]
     if regime.locality is not None:
         if site.pos is None:
             raise ValueError("a locality term needs positions")
         pos = site.pos.expand(dst.shape[0], -1, -1)
         term, window = locality(pos, torch.gather(pos, 1, dst[..., None].expand(-1, -1, pos.shape[-1])), regime.locality)
         S = S if term is None else S + term
-        allowed = allowed if window is None else allowed & window
+        allowed = window if allowed is None else allowed if window is None else allowed & window
     return S, allowed
 
 
@@ -104,19 +109,27 @@ def reduce_tokens(
     b, n, d = x.shape
     n_v = site.v_idx.numel()
     k = keep_count(n_v, keep, drop)
-    slots, valid = hard_keep(site.scores, k, site.shat, regime.theta)
-    kept_v = torch.zeros(b, n_v, dtype=torch.bool, device=x.device).scatter(1, slots, valid)
-    src_mass = (~kept_v) * site.sv * site.weights
-    a = reweight(torch.gather(site.xv, 1, slots[..., None].expand(-1, -1, d)), torch.gather(site.shat, 1, slots), regime.rho)
-    dst_size = torch.gather(site.sv, 1, slots) * valid
-    S, allowed = transfer_plan(site, slots, valid, regime)
-    if regime.fuse:
-        S = torch.cat([S, S.new_zeros(b, n_v, 1)], dim=2)
-        allowed = torch.cat([allowed.expand(b, n_v, -1), allowed.new_ones(b, n_v, 1)], dim=2)
-        a = torch.cat([a, a.new_zeros(b, 1, d)], dim=1)
-        dst_size = torch.cat([dst_size, dst_size.new_zeros(b, 1)], dim=1)
-    P = tau_softmax(S, regime.tau, allowed)
-    y, new_sizes = transfer(a, dst_size, P, src_mass, site.xv, regime.gamma, regime.nu, regime.incoming)
+    thresholded = regime.theta is not None  # else every slot is valid: no mask is applied
+    slots, valid = hard_keep(site.scores, k, site.shat if thresholded else site.scores, regime.theta)
+    kept_x = torch.gather(site.xv, 1, slots[..., None].expand(-1, -1, d))
+    a = kept_x if is_number(regime.rho, 0) else reweight(kept_x, torch.gather(site.shat, 1, slots), regime.rho)
+    dst_size = torch.gather(site.sv, 1, slots)
+    dst_size = dst_size * valid if thresholded else dst_size
+    if is_number(regime.gamma, 0) and not regime.fuse:  # nothing arrives: no affinity, no assignment
+        y, new_sizes = without_transfer(a, dst_size, regime.nu)
+    else:
+        kept_v = torch.zeros(b, n_v, dtype=torch.bool, device=x.device)
+        kept_v = kept_v.scatter(1, slots, valid) if thresholded else kept_v.scatter(1, slots, True)
+        S, allowed = transfer_plan(site, slots, valid if thresholded else None, regime)
+        if regime.fuse:
+            S = torch.cat([S, S.new_zeros(b, n_v, 1)], dim=2)
+            if allowed is not None:
+                allowed = torch.cat([allowed.expand(b, n_v, -1), allowed.new_ones(b, n_v, 1)], dim=2)
+            a = torch.cat([a, a.new_zeros(b, 1, d)], dim=1)
+            dst_size = torch.cat([dst_size, dst_size.new_zeros(b, 1)], dim=1)
+        P = tau_softmax(S, regime.tau, allowed)
+        y, new_sizes = transfer(a, dst_size, P, site.source_mass(~kept_v), site.xv, regime.gamma, regime.nu,
+                                regime.incoming)
 
     # Assemble protected + kept tokens in original order (slots are sorted: with nothing
     # protected the kept tokens already are).
@@ -130,7 +143,7 @@ def reduce_tokens(
         out_sizes = torch.gather(torch.cat([site.sizes.index_select(1, prot), new_sizes[:, :n_slots]], dim=1), 1, order)
         out_valid = torch.gather(torch.cat([torch.ones_like(prot, dtype=torch.bool).expand(b, -1), valid], dim=1), 1, order)
     else:
-        idx, vals, out_sizes, out_valid = site.v_idx[slots], y[:, :n_slots], new_sizes[:, :n_slots], valid
+        idx, vals, out_sizes, out_valid = slots, y[:, :n_slots], new_sizes[:, :n_slots], valid  # V is 0..N-1
     if regime.fuse:
         # The fused token goes right after the last reducible position.
         at = sum(p < site.v_list[-1] for p in site.protected) + n_slots if n_v else len(site.protected)
@@ -140,10 +153,13 @@ def reduce_tokens(
         arrived = new_sizes[:, n_slots:] > 0  # the fused token is ONE new token: size 1 (0 if empty)
         out_sizes = insert(out_sizes, arrived.to(out_sizes.dtype))
         out_valid = insert(out_valid, arrived)
+    every_valid = not thresholded and not regime.fuse
     return HardResult(
-        x=vals.to(x.dtype),
+        x=vals if vals.dtype == x.dtype else vals.to(x.dtype),
         kept_idx=idx,
         sizes=out_sizes,
         valid=out_valid,
-        attn_bias=attention_bias(out_valid.to(out_sizes.dtype), out_sizes, regime.proportional),
+        # log 1 = 0 for every valid token without proportional attention
+        attn_bias=torch.zeros_like(out_sizes) if every_valid and not regime.proportional
+        else attention_bias(out_valid.to(out_sizes.dtype), out_sizes, regime.proportional),
     )

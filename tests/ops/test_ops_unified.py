@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -59,6 +60,31 @@ def test_equals_design_literal(b, n, n_prot, keep, gamma, tau, rho, nu, carried,
         assert got.kept_idx[i].tolist() == kept
         torch.testing.assert_close(got.x[i], y, atol=1e-10, rtol=0)
         torch.testing.assert_close(got.sizes[i], new_sizes, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lean_paths_give_the_general_paths_values(dtype):
+    # Python numbers take the lean paths (no mask, no reweighting at rho 0, no power at nu 1, no
+    # assignment at gamma 0, no bias without proportional attention); the same values as 0-d
+    # tensors, an all-eligible mask and unit source weights take the general ones: equal values
+    b, n = 2, 12
+    as_tensor = lambda v: torch.tensor(v, dtype=dtype)  # noqa: E731
+    grid = itertools.product([0, 2], [0.0, 0.3, 1.0], [0.0, 0.2, math.inf], [0.0, 0.8], [1.0, 0.6], [False, True],
+                             [False, True])
+    for seed, (n_prot, gamma, tau, rho, nu, proportional, carried) in enumerate(grid):
+        x, scores = rand(b, n, 5, seed=seed, dtype=dtype), rand(b, n, seed=seed + 1, dtype=dtype)
+        sizes = 1.0 + rand(b, n, seed=seed + 2, dtype=dtype).abs() if carried else None
+        reducible = range(n_prot, n)
+        lean = reduce_tokens(x, reducible, scores, keep=5, sizes=sizes,
+                             regime=Regime(gamma=gamma, tau=tau, rho=rho, nu=nu, proportional=proportional))
+        general = reduce_tokens(x, reducible, scores, keep=5, sizes=sizes, dest_eligible=torch.ones(n, dtype=torch.bool),
+                                source_weights=torch.ones(b, n, dtype=dtype),
+                                regime=Regime(gamma=as_tensor(gamma), tau=tau, rho=as_tensor(rho), nu=as_tensor(nu),
+                                              proportional=proportional))
+        for got, want in zip((lean.x, lean.kept_idx, lean.sizes, lean.valid, lean.attn_bias),
+                             (general.x, general.kept_idx, general.sizes, general.valid, general.attn_bias), strict=True):
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 def test_tau_limits_are_exact_and_finite():
