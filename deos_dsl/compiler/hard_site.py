@@ -85,6 +85,11 @@ class SitePlan:
         (`Regime.selects_only`, no contextual targets)."""
         return self.regime().selects_only and not self.contextual
 
+    @property
+    def transfers(self) -> bool:
+        """Whether the site computes an affinity and a transfer (`Regime.transfers`)."""
+        return self.regime().transfers
+
     def regime(self) -> Regime:
         return Regime(gamma=self.gamma, tau=self.tau, theta=self.theta, rho=self.rho, nu=self.nu,
                       locality=self.locality, proportional=self.proportional,

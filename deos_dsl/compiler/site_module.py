@@ -234,15 +234,11 @@ class SiteModule(nn.Module):
                       incoming="mean" if self.contextual else "sum")
 
     @property
-    def selects_only(self) -> bool:
-        """Whether the emitted site will be a prune (fixed values with `Regime.selects_only`, no
-        contextual targets): its cost then has no operator FLOPs."""
-        if any(self.specs[name].learned for name in ("gamma", "rho", "nu", "theta")):
-            return False
-        regime = self.regime()
-        numbers = Regime(gamma=float(regime.gamma), rho=float(regime.rho), nu=float(regime.nu), theta=regime.theta,
-                         fuse=self.fuse)
-        return numbers.selects_only and not self.contextual
+    def transfers(self) -> bool:
+        """Whether the emitted site will compute an affinity and a transfer (`Regime.transfers`:
+        not at a fixed `gamma` of 0 without a fused token); when not, its cost has no operator
+        FLOPs."""
+        return self.specs["gamma"].learned or Regime(gamma=float(self.value("gamma")), fuse=self.fuse).transfers
 
     def keep_ratio(self, entering: Tensor) -> Tensor:
         """Kept share `[B]` of the span given the soft count of tokens `entering` it `[B]`."""

@@ -161,11 +161,11 @@ def flops(call: Call, out: Any, conventions: Conventions) -> tuple[str, Expr] | 
 
 
 def operator_flops(batch: Expr, entering: Expr, leaving: Expr, fused: int, features: Expr, width: Expr,
-                   selects_only: bool = False) -> Expr:
+                   transfers: bool = True) -> Expr:
     """Matmul FLOPs of one hard site (`reduce_tokens`): the cosine affinity of the `entering`
     reducible tokens to the `leaving - fused` destinations over `features` dims, and the
     transfer of the entering tokens into the `leaving` ones over the model `width`; none for a
-    site that only selects (a prune: `HardSite` gathers its kept tokens)."""
-    if selects_only:
+    site that transfers nothing (`gamma = 0`: a prune, a reweighting)."""
+    if not transfers:
         return sympy.Integer(0)
     return 2 * batch * entering * (leaving - fused) * features + 2 * batch * leaving * entering * width

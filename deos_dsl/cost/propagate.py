@@ -140,7 +140,7 @@ class Propagation:
         plan = module.plan
         value = [self.shapes.positional([x], shape) for shape in out]
         expr = operator_flops(x.exprs[0], sympy.Integer(plan.entering), sympy.Integer(plan.leaving), int(plan.fuse),
-                              features.exprs[-1], x.exprs[-1], plan.selects_only)
+                              features.exprs[-1], x.exprs[-1], plan.transfers)
         return value, {MATMUL: expr}
 
     def _subgraph(self, graph: fx.GraphModule, inputs: list[Any]) -> tuple[Any, Costs]:

@@ -241,7 +241,7 @@ class TokenPropagation(Propagation):
             node_features = self.scores[site.name].features
             features = self.values[node_features] if node_features in self.values else value
             operator = operator_flops(value.exprs[0], entering, symbol, int(bool(module is not None and module.fuse)),
-                                      features.exprs[-1], value.exprs[-1], module is not None and module.selects_only)
+                                      features.exprs[-1], value.exprs[-1], module is None or module.transfers)
             self.sites.append(SiteTokens(site, symbol, gate_of(symbol), length, entering, operator))
             reduced = length - entering + symbol
             chain.append(Dims(value.exprs[:1] + (reduced,) + value.exprs[2:], value.values))

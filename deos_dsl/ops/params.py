@@ -69,6 +69,13 @@ class Regime:
         fixed = all(isinstance(value, (int, float)) for value in (self.gamma, self.rho, self.nu))
         return fixed and self.gamma == 0 and self.rho == 0 and self.nu == 1 and self.theta is None and not self.fuse
 
+    @property
+    def transfers(self) -> bool:
+        """Whether the hard operator moves mass between tokens: not when `gamma` is the number
+        0 and there is no fused token (`reduce_tokens` then computes no affinity and no
+        assignment, and its site costs no operator FLOPs)."""
+        return not (isinstance(self.gamma, (int, float)) and self.gamma == 0 and not self.fuse)
+
 
 def batch_view(p: Param, ndim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """View a scalar or per-example `[B]` parameter as `[B or 1, 1, ...]` with `ndim` dims."""

@@ -115,7 +115,7 @@ def reduce_tokens(
     a = kept_x if is_number(regime.rho, 0) else reweight(kept_x, torch.gather(site.shat, 1, slots), regime.rho)
     dst_size = torch.gather(site.sv, 1, slots)
     dst_size = dst_size * valid if thresholded else dst_size
-    if is_number(regime.gamma, 0) and not regime.fuse:  # nothing arrives: no affinity, no assignment
+    if not regime.transfers:  # nothing arrives: no affinity, no assignment
         y, new_sizes = without_transfer(a, dst_size, regime.nu)
     else:
         kept_v = torch.zeros(b, n_v, dtype=torch.bool, device=x.device)

@@ -108,12 +108,13 @@ def _plan(entering: int, keep: int, **regime: Any) -> SitePlan:
 
 
 @pytest.mark.parametrize("regime", [dict(), dict(gamma=1.0, tau=0.0), dict(gamma=0.5, tau=0.3, rho=0.2),
-                                    dict(gamma=1.0, tau=0.0, fuse=True), dict(gamma=1.0, tau=0.0, contextual=3)],
-                         ids=["prune", "merge", "unified", "fuse", "contextual"])
+                                    dict(gamma=1.0, tau=0.0, fuse=True), dict(gamma=1.0, tau=0.0, contextual=3),
+                                    dict(rho=0.8, nu=0.5)],
+                         ids=["prune", "merge", "unified", "fuse", "contextual", "reweight"])
 def test_hard_site_operator(regime: dict[str, Any]):
     """The operator formula (cosine affinity + transfer matmuls) equals FlopCounterMode on the
-    hard site itself, for pruning (a gather: no matmul at all), merging, fusing into one token
-    and contextual targets."""
+    hard site itself, for pruning (a gather: no matmul at all), merging, fusing into one token,
+    contextual targets and reweighting (gamma 0: no transfer, no matmul)."""
     x, scores, features = _r(2, 20, 6), _r(2, 20), _r(2, 20, 4)
     site = HardSite(_plan(16, 7, **regime))
     graph = fx.Graph()
@@ -121,4 +122,4 @@ def test_hard_site_operator(regime: dict[str, Any]):
     graph.output(graph.call_module("site", tuple(inputs)))
     gm = fx.GraphModule(nn.ModuleDict({"site": site}), graph)
     flops = counted(lambda: site(x, scores, features))
-    assert _total(gm, (x, scores, features)) == flops and (flops == 0) == site.plan.selects_only
+    assert _total(gm, (x, scores, features)) == flops and (flops == 0) == (not site.plan.transfers)
