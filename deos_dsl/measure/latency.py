@@ -30,6 +30,13 @@ def median_latencies(runners: dict[str, Callable[[], object]], repeats: int, war
                      device: torch.device | str = "cpu") -> dict[str, float]:
     """Median seconds of one call of each runner over `repeats` interleaved rounds, after
     `warmup` untimed rounds; `device` is where the runners compute."""
+    return {name: statistics.median(times) for name, times in interleaved_seconds(runners, repeats, warmup, device).items()}
+
+
+def interleaved_seconds(runners: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """The seconds of each call of each runner, `repeats` interleaved rounds after `warmup`
+    untimed ones (a noisy machine: read the fastest call as well as the median)."""
     if repeats < 1:
         raise ValueError(f"repeats must be positive, got {repeats}")
     synchronize = synchronizer(device)
@@ -43,7 +50,7 @@ def median_latencies(runners: dict[str, Callable[[], object]], repeats: int, war
                 synchronize()
                 if round_ >= warmup:
                     seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in seconds.items()}
+    return seconds
 
 
 @dataclass(frozen=True)
