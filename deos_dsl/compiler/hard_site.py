@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from deos_dsl.ops import Regime, attention_bias, keep_count, reduce_tokens
+from deos_dsl.ops import Regime, keep_count, reduce_tokens, valid_bias
 from deos_dsl.ops.params import compute_dtype
 from deos_dsl.ops.select import hard_keep
 
@@ -163,8 +163,7 @@ class HardSite(nn.Module):
         out = x.gather(1, kept_idx[..., None].expand(-1, -1, x.shape[2]))
         dtype = compute_dtype(x.dtype)
         out_sizes = x.new_ones(kept_idx.shape, dtype=dtype) if sizes is None else sizes.to(dtype).gather(1, kept_idx)
-        bias = attention_bias(torch.ones_like(out_sizes), out_sizes, True) if self.plan.proportional \
-            else torch.zeros_like(out_sizes)  # log 1 = 0 for every kept token
+        bias = valid_bias(out_sizes, self.plan.proportional)
         return out, kept_idx, out_sizes, bias
 
     def _reduce(self, x: Tensor, transfer: Transfer, features: Tensor | None,
@@ -184,7 +183,6 @@ class HardSite(nn.Module):
         out = torch.cat([x[:, :start], result.x, x[:, end:]], dim=1)
         carried = x.new_ones(x.shape[:2], dtype=result.sizes.dtype) if sizes is None else sizes.to(result.sizes.dtype)
         out_sizes = torch.cat([carried[:, :start], result.sizes, carried[:, end:]], dim=1)
-        around = attention_bias(torch.ones_like(carried), carried, True) if plan.proportional \
-            else torch.zeros_like(carried)  # log 1 = 0 for every token around the span
+        around = valid_bias(carried, plan.proportional)
         bias = torch.cat([around[:, :start], result.attn_bias, around[:, end:]], dim=1)
         return out, kept_idx, out_sizes, bias

@@ -135,8 +135,8 @@ def drop_metadata_assertions(gm: fx.GraphModule) -> fx.GraphModule:
     asserting the dtype the TRACE saw, so the graph fails under autocast (the CUDA search runs
     in bf16 autocast: a float32 trace then sees bf16 tensors). They compute nothing. The graphs
     of higher-order ops (`wrap_with_set_grad_enabled`'s submodules: RoPE tables) included."""
+    target = torch.ops.aten._assert_tensor_metadata.default
     for graph_module in [module for module in gm.modules() if isinstance(module, fx.GraphModule)]:
-        target = torch.ops.aten._assert_tensor_metadata.default
         for node in list(graph_module.graph.find_nodes(op="call_function", target=target)):
             graph_module.graph.erase_node(node)
         graph_module.recompile()

@@ -52,6 +52,17 @@ def attention_bias(mask: Tensor, sizes: Tensor, proportional: bool) -> Tensor:
     return torch.where(mask > 0, bias.clamp_min(NEG_BIAS), torch.full_like(bias, NEG_BIAS))
 
 
+def valid_bias(sizes: Tensor, proportional: bool) -> Tensor:
+    """`attention_bias` of tokens that are all valid (mask 1): zeros (log 1), or with
+    proportional attention their floored `log size`; no mask is built for the first."""
+    return attention_bias(torch.ones_like(sizes), sizes, True) if proportional else torch.zeros_like(sizes)
+
+
+def both(first: Tensor | None, second: Tensor | None) -> Tensor | None:
+    """The conjunction of two optional masks (None: no restriction)."""
+    return second if first is None else first if second is None else first & second
+
+
 def gather_tokens(t: Tensor, kept_idx: Tensor, fill: float = 0.0) -> Tensor:
     """Gather a sequence-aligned side tensor `[B or 1, N, ...]` to `[B, N', ...]` with the
     hard form's `kept_idx`; positions `-1` (fused token) are filled with `fill`."""
@@ -70,10 +81,7 @@ def transfer_plan(site: Site, dst: Tensor, dst_ok: Tensor | None, regime: Regime
     `dst_ok`, every token eligible, no hard window)."""
     dst_unit = torch.gather(site.f_unit, 1, dst[..., None].expand(-1, -1, site.f_unit.shape[-1]))
     S = cosine_affinity(site.f_unit, dst_unit)
-    allowed = dst_ok
-    if site.eligible is not None:
-        eligible = torch.gather(site.eligible, 1, dst)
-        allowed = eligible if allowed is None else allowed & eligible
+    allowed = both(dst_ok, None if site.eligible is None else torch.gather(site.eligible, 1, dst))
     allowed = None if allowed is None else allowed[:, None, :]
     if regime.locality is not None:
         if site.pos is None:
@@ -81,7 +89,7 @@ def transfer_plan(site: Site, dst: Tensor, dst_ok: Tensor | None, regime: Regime
         pos = site.pos.expand(dst.shape[0], -1, -1)
         term, window = locality(pos, torch.gather(pos, 1, dst[..., None].expand(-1, -1, pos.shape[-1])), regime.locality)
         S = S if term is None else S + term
-        allowed = window if allowed is None else allowed if window is None else allowed & window
+        allowed = both(allowed, window)
     return S, allowed
 
 
@@ -159,7 +167,6 @@ def reduce_tokens(
         kept_idx=idx,
         sizes=out_sizes,
         valid=out_valid,
-        # log 1 = 0 for every valid token without proportional attention
-        attn_bias=torch.zeros_like(out_sizes) if every_valid and not regime.proportional
+        attn_bias=valid_bias(out_sizes, regime.proportional) if every_valid
         else attention_bias(out_valid.to(out_sizes.dtype), out_sizes, regime.proportional),
     )
