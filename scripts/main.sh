@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment and run the main job on the embedded default (the shipped HF LLaVA,
 # `embedded:llava`), end to end through the generic path a user's model and data take:
-#   1. check every bundled space and the EOS search space of the 25% budget (eos_25);
+#   1. check every bundled space and the EOS search space of the 25% budget (eos_25_llava);
 #   2. write the shipped benchmark out as user data (JSONL + PNG): 2000 TRAIN examples for the
 #      search, 500 TEST examples for the evaluation (runs/main/data/{train,test});
 #   3. compile eos_25 against the shipped model (tracer, block map, bound sites);
@@ -27,10 +27,10 @@ OUT=runs/main/search-25
 rm -rf "$DATA" "$OUT"  # the main job's own output: fresh data and a fresh search each run
 .venv/bin/deos data export embedded --split train --limit 2000 --out "$DATA/train"
 .venv/bin/deos data export embedded --split test --limit 500 --out "$DATA/test"
-.venv/bin/deos compile "$SPACE" --space eos_25 --model "$MODEL"
-.venv/bin/deos cost "$SPACE" --space eos_25 --model "$MODEL"
-.venv/bin/deos search "$SPACE" --space eos_25 --model "$MODEL" --data "$DATA/train" --out "$OUT" --steps 150 --val 0 --emit
-.venv/bin/deos cost "$SPACE" --space eos_25 --model "$MODEL" --schedule "$OUT/emitted/plan.json"
+.venv/bin/deos compile "$SPACE" --space eos_25_llava --model "$MODEL"
+.venv/bin/deos cost "$SPACE" --space eos_25_llava --model "$MODEL"
+.venv/bin/deos search "$SPACE" --space eos_25_llava --model "$MODEL" --data "$DATA/train" --out "$OUT" --steps 150 --val 0 --emit
+.venv/bin/deos cost "$SPACE" --space eos_25_llava --model "$MODEL" --schedule "$OUT/emitted/plan.json"
 .venv/bin/deos evaluate "$OUT" --data "$DATA/test" --examples 500
 .venv/bin/deos emit "$OUT" --out "$OUT/generative" --generate --batch 1
 .venv/bin/deos generate "$OUT/generative" --data "$DATA/test" --examples 16 --max-new-tokens 4 --dense

@@ -72,18 +72,23 @@ def answers(model: tf.LlavaForConditionalGeneration, batch: vqa.Batch, keep: str
 def _reduced_logits(model: tf.LlavaForConditionalGeneration, ids: Tensor, mask: Tensor, pixels: Tensor,
                     index: Tensor) -> Tensor:
     """Logits with only the `index` image features, written over as many placeholders."""
-    features = model.model.get_image_features(pixel_values=pixel_values(pixels))
-    features = torch.stack(list(getattr(features, "pooler_output", features)))  # [B, 144, D]
-    kept = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
     surplus = IMAGE_TOKENS - index.shape[1]
     image = ids == TOKEN[IMAGE]
     drop = image & (image.cumsum(dim=1) > index.shape[1])
     order = torch.argsort(drop.to(torch.int32), dim=1, stable=True)[:, :ids.shape[1] - surplus]
     ids, mask = ids.gather(1, order), mask.gather(1, order)
+    return model(inputs_embeds=kept_image_embeds(model, ids, pixel_values(pixels), index), attention_mask=mask).logits
+
+
+def kept_image_embeds(model: tf.LlavaForConditionalGeneration, ids: Tensor, pixels: Tensor, index: Tensor) -> Tensor:
+    """`[B, L, D]`: the embeddings of `ids [B, L]`, whose `K` image placeholders per row take the
+    projected features of the patches `index [B, K]` (in that order) of the processed `pixels`."""
+    features = model.model.get_image_features(pixel_values=pixels)
+    features = torch.stack(list(getattr(features, "pooler_output", features)))  # [B, 144, D]
+    kept = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
     embeds = model.get_input_embeddings()(ids)
     slots = (ids == TOKEN[IMAGE])[..., None].expand_as(embeds)
-    embeds = embeds.masked_scatter(slots, kept.to(embeds.dtype))
-    return model(inputs_embeds=embeds, attention_mask=mask).logits
+    return embeds.masked_scatter(slots, kept.to(embeds.dtype))
 
 
 def accuracy(model: tf.LlavaForConditionalGeneration, batch: vqa.Batch, keep: str | None = None, ratio: float = 1.0,

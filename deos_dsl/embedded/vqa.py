@@ -45,6 +45,7 @@ RGB = {
 }
 BACKGROUND = 0.12
 MAX_COUNT = 4
+MAX_OBJECTS = 8  # objects in a scene: at least 3
 FAMILIES = ("count", "attribute", "exist", "relation", "compare")
 SPLITS = ("train", "val", "test")
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
@@ -119,7 +120,7 @@ def _other_value(rng: np.random.Generator, kind: str, value: str) -> str:
 
 def _scene(rng: np.random.Generator, kind: str, value: str, count: int) -> tuple[SceneObject, ...]:
     """A random scene with exactly ``count`` objects whose ``kind`` attribute is ``value``."""
-    n = int(rng.integers(max(count, 3), 9))
+    n = int(rng.integers(max(count, 3), MAX_OBJECTS + 1))
     cells = rng.permutation(LAYOUT * LAYOUT)[:n]
     objects = []
     for i, cell in enumerate(cells):
