@@ -198,14 +198,13 @@ class Auxiliary(nn.Module):
 
     def losses(self, language_model: nn.Module, tower: Tensor, hidden: tuple[Tensor, ...],
                batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        rows = torch.arange(len(batch["last"]))
+        rows, ground = torch.arange(len(batch["last"])), batch["ground"]
         looks = attention_log_probs(language_model.layers[ATTEND_LAYER], language_model.rotary_emb,
                                     hidden[ATTEND_LAYER], batch["ground_rows"])  # [B, 3, T]
-        patch = batch["ground"][:, :, 2]
+        patch = ground[:, :, 2]
         looked = looks.gather(2, (1 + patch.clamp(min=0))[..., None])[..., 0]  # at the object's centre patch
         gathers = attention_log_probs(language_model.layers[RELATION_LAYER], language_model.rotary_emb,
                                       hidden[RELATION_LAYER], batch["last"][:, None])[:, 0]  # [B, T]
-        ground = batch["ground"]
         gathered = (ground[:, :2, 0] >= 0) | (ground[:, :2, 3] >= 0)  # [B, 2]: the words the answer combines
         named_words = gathers.gather(1, batch["ground_rows"][:, :2]).masked_fill(~gathered, float("-inf")).logsumexp(dim=1)
         asks = gathered.any(dim=1)
@@ -225,9 +224,9 @@ class Auxiliary(nn.Module):
             "relation": F.cross_entropy(relation.flatten(0, 1), batch["relation"].flatten(), ignore_index=-100)
             if bool((batch["relation"] >= 0).any()) else torch.zeros(()),
             "cell": F.cross_entropy(self.cell(image).flatten(0, 1), PATCH_CELL[kept].flatten()),
-            "ground": _masked_cross_entropy(located, batch["ground"][:, :2, 0])
-            + _masked_cross_entropy(identified[:, :len(vqa.COLOURS)], batch["ground"][:, 2, 0])
-            + _masked_cross_entropy(identified[:, len(vqa.COLOURS):], batch["ground"][:, 2, 1]),
+            "ground": _masked_cross_entropy(located, ground[:, :2, 0])
+            + _masked_cross_entropy(identified[:, :len(vqa.COLOURS)], ground[:, 2, 0])
+            + _masked_cross_entropy(identified[:, len(vqa.COLOURS):], ground[:, 2, 1]),
             "tally": _masked_cross_entropy(self.tally(named[:, :2]), ground[:, :2, 3]),
             "attend": -looked[patch >= 0].mean() if bool((patch >= 0).any()) else torch.zeros(()),
             "gather": -named_words[asks].mean() if bool(asks.any()) else torch.zeros(()),
