@@ -204,7 +204,7 @@ def _print_lines(lines: list[str], out: Console) -> None:
 
 def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deos_dsl.search.loop import Options, search
-    from deos_dsl.search.render import accuracy_line, constraint_lines, schedule_table
+    from deos_dsl.search.render import accuracy_line, constraint_lines, repair_line, schedule_table
 
     chosen = _selected_spaces(args, err, exactly_one=True)
     if chosen is None:
@@ -216,8 +216,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
     out.print(schedule_table(outcome.schedule))
-    for line in constraint_lines(outcome.schedule, outcome.limits):
-        out.print(line, highlight=False, markup=False)
+    _print_lines([*constraint_lines(outcome.schedule, outcome.limits), repair_line(outcome.schedule)], out)
     if outcome.accuracy:
         out.print(accuracy_line(outcome.accuracy, args.val), highlight=False, markup=False)
     out.print(f"search of {outcome.steps_done} steps in {outcome.seconds:.1f} s, peak memory "
@@ -397,31 +396,45 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
         if checked is None:
             return EXIT_DIAGNOSTICS
         spaces += checked
-    budgets = " ".join(f"{b:g}" for b in args.budgets)
-    command = (f"deos study {' '.join(args.files)} --search {args.search} --model {args.model} --data {args.data} "
-               f"--out {args.out} --budgets {budgets}" + (f" --steps {args.steps}" if args.steps else ""))
-    search_space, baselines = study_spaces(spaces, args.search)
-    options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=0)
-    plan = StudyPlan(search_space, baselines, tuple(b / 100 for b in args.budgets), args.model, args.data,
-                     Path(args.out), options, args.examples)
-    entries, paths = run_study(plan, err, command)
-    out.print(summary_table(entries))
-    for line in target_lines(entries):
-        out.print(line, highlight=False, markup=False)
+    command = " ".join(["deos study", *args.files, "--search", args.search, "--model", args.model, "--data", args.data,
+                        "--out", args.out, "--budgets", *(f"{b:g}" for b in args.budgets), "--examples", str(args.examples),
+                        *(["--steps", str(args.steps)] if args.steps else []), "--seeds", str(args.seeds),
+                        *(["--corners", *args.corners] if args.corners else []),
+                        *(["--random", *args.random] if args.random else []),
+                        *(["--ablations", *args.ablations, "--ablation-budgets", *(f"{b:g}" for b in args.ablation_budgets)]
+                          if args.ablations else [])])
+    chosen = study_spaces(spaces, args.search, tuple(args.corners), tuple(args.random), tuple(args.ablations))
+    options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=args.val)
+    plan = StudyPlan(chosen.search, chosen.fixed, tuple(b / 100 for b in args.budgets), args.model, args.data,
+                     Path(args.out), options, args.examples, args.seeds, chosen.ablations,
+                     tuple(b / 100 for b in args.ablation_budgets))
+    _, comparison, paths = run_study(plan, err, command)
+    out.print(summary_table(comparison))
+    _print_lines(target_lines(comparison), out)
     out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
 
 
 def study_arguments(study_p: argparse.ArgumentParser) -> None:
-    study_p.add_argument("files", nargs="+", metavar="FILE", help=".deos files holding the search space and the baselines")
+    study_p.add_argument("files", nargs="+", metavar="FILE", help=".deos files holding the search space and the fixed rows")
     study_p.add_argument("--search", required=True, metavar="NAME", help="the space to search at each budget")
     study_p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     study_p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
     study_p.add_argument("--out", required=True, metavar="DIR", help="results directory (finished searches in it are reused)")
     study_p.add_argument("--budgets", nargs="+", type=budget_percent, default=list(DEFAULT_BUDGETS), metavar="PERCENT",
                          help="token budgets, percent of the visual tokens (default: 50 33 25 22 11 3)")
+    study_p.add_argument("--corners", nargs="+", default=[], metavar="NAME",
+                         help="fixed spaces that are corners of the operator (rows of kind `corner`)")
+    study_p.add_argument("--random", nargs="+", default=[], metavar="NAME", help="fixed spaces that keep random tokens")
+    study_p.add_argument("--ablations", nargs="+", default=[], metavar="NAME",
+                         help="learned variants of the search space, searched once at --ablation-budgets")
+    study_p.add_argument("--ablation-budgets", nargs="+", type=budget_percent, default=[11.0, 25.0], metavar="PERCENT",
+                         help="budgets of the ablations (default: 11 25)")
+    study_p.add_argument("--seeds", type=POSITIVE, default=1, metavar="N", help="searches per budget, seeds +0..N-1 (default 1)")
     study_p.add_argument("--steps", type=POSITIVE, metavar="N", help="search steps (default: the space's policy)")
     study_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="search batch size (default 32)")
+    study_p.add_argument("--val", type=NON_NEGATIVE, default=0, metavar="N",
+                         help="validation examples of each search (default 0; > 0 reports the accuracy before repair)")
     study_p.add_argument("--examples", type=POSITIVE, default=1000, metavar="N", help="test examples measured (default 1000)")
     study_p.add_argument("--device", default="auto", help=DEVICE_HELP)
 

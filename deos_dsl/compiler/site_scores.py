@@ -17,7 +17,8 @@ the reducible span. `Span = (start, end)` is the reducible span of the stream.
   `STREAM_KERNELS`: `norm` (hidden-state norm), `similarity` to `text` (the mean text token)
   or to `tokens` (ToMe bipartite redundancy on the features: tokens at even stream positions
   may merge into those at odd ones, ToMe's alternation over the whole sequence),
-  `position` (the top-left token of every 2x2 window of the square span grid);
+  `position` (the top-left token of every 2x2 window of the square span grid), `random` (a
+  fixed pseudo-random order of the span's positions, `ops.random_order`: the random-keep baseline);
 - `mean_keys`: `[B, Hk, N, dh] -> [B, N, dh]`, ToMe's key affinity features.
 """
 
@@ -29,7 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from deos_dsl.ops import (NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, rater_scores,
+from deos_dsl.ops import (NEG_BIAS, attention_from_query, bipartite_scores, hidden_norm, pool_inputs, random_order, rater_scores,
                           text_similarity)
 
 from .site_transfer import bipartite_destinations
@@ -182,11 +183,16 @@ def _position(x: Tensor, option: str | None, span: Span, features: Tensor | None
     return _in_span(x, span, pool_inputs((side, side), device=x.device)["scores"].expand(x.shape[0], -1))
 
 
+def _random(x: Tensor, option: str | None, span: Span, features: Tensor | None) -> Tensor:
+    return _in_span(x, span, random_order(span[1] - span[0], x.device).expand(x.shape[0], -1))
+
+
 StreamKernel = Callable[[Tensor, str | None, Span, Tensor | None], Tensor]
 STREAM_KERNELS: dict[str, StreamKernel] = {
     "norm": lambda x, option, span, features: hidden_norm(x),
     "similarity": _similarity,
     "position": _position,
+    "random": _random,
 }
 
 

@@ -383,6 +383,7 @@ class Policy(Node):
     penalty: Expr | None = None
     seed: Expr | None = None
     snap: Expr | None = None
+    decide: Expr | None = None
 
 
 class Space(Node):

@@ -27,6 +27,7 @@ DEFAULT_POLICY = ir.Policy(
     optimizer="adam", lr=ir.Num(value=0.05), steps=ir.Num(value=300), relaxation="hard_concrete",
     anneal=ir.Anneal(schedule="exponential", start=ir.Num(value=1.0), end=ir.Num(value=0.1)),
     dual_step=ir.Num(value=0.1), penalty=ir.Num(value=1.0), seed=ir.Num(value=0), snap=ir.Num(value=0),
+    decide=ir.Num(value=1.0),
 )
 
 

@@ -251,7 +251,8 @@ class Validator:
     def objective_and_policy(self, objective: ir.Objective, policy: ir.Policy) -> None:
         if objective.align is not None:
             self.bounded(objective.align, "the alignment weight `align`", 0, math.inf)
-        for name, low_open in (("lr", True), ("dual_step", True), ("penalty", False), ("snap", False)):
+        for name, low_open in (("lr", True), ("dual_step", True), ("penalty", False), ("snap", False),
+                               ("decide", False)):
             num = getattr(policy, name)
             if num is not None:
                 self.bounded(num, f"`{name}`", 0, math.inf, low_open)

@@ -101,5 +101,6 @@ SCORES: dict[str, Score] = {score.name: score for score in (
     Score("similarity", "to", ("text", "tokens"), bipartite=("tokens",)),
     Score("norm"),
     Score("position", grid=True),
+    Score("random"),
     Score("learned", learned=True),
 )}

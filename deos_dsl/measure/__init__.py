@@ -11,14 +11,14 @@ One job per module: `flops` (FLOPs counted by torch's `FlopCounterMode`), `laten
 `deos evaluate DIR` runs them on a search directory.
 """
 
-from .compare import Comparison, Measured, Subject, accuracy_and_flops, compare
+from .compare import Comparison, Measured, Subject, accuracy_and_flops, compare, hits_and_flops
 from .flops import counted_flops
 from .latency import GenerationTimes, generation_latencies, median_latencies
 from .prompts import model_and_prompts
 from .render import comparison_markdown, comparison_table
-from .searched import Searched, load_searched, write_evaluation
+from .searched import EmittedSizes, Searched, load_searched, write_evaluation
 
 __all__ = [
-    "Comparison", "GenerationTimes", "Measured", "Searched", "Subject", "accuracy_and_flops", "compare", "comparison_markdown", "comparison_table", "counted_flops",
+    "Comparison", "EmittedSizes", "GenerationTimes", "Measured", "Searched", "Subject", "accuracy_and_flops", "compare", "hits_and_flops", "comparison_markdown", "comparison_table", "counted_flops",
     "generation_latencies", "load_searched", "median_latencies", "model_and_prompts", "write_evaluation",
 ]

@@ -103,13 +103,21 @@ class Comparison:
                 "efficiency": {str(size): self.efficiency(size) for size in self.batch_sizes}}
 
 
+def hits_and_flops(task: Task, subject: Subject, batch: Encoded, device: torch.device,
+                   chunk: int = FREE_CHUNK) -> tuple[torch.Tensor, int]:
+    """Whether `subject` answers each example of `batch` right (`[len(batch)]` bool, `chunk`
+    examples per call), and its counted FLOPs for one example (the batch's first)."""
+    size = chunk if subject.fixed else FREE_CHUNK
+    hits = task.hits(partial(call, subject.at(size)), batch, device, size, subject.fixed)
+    return hits, counted_flops(partial(call, subject.at(1)), (batch.rows(0, 1).to(device),))
+
+
 def accuracy_and_flops(task: Task, subject: Subject, batch: Encoded, device: torch.device,
                        chunk: int = FREE_CHUNK) -> tuple[dict[str, float], int]:
-    """Accuracy (%) per family and overall of `subject` on `batch` (`chunk` examples per call),
-    and its counted FLOPs for one example (the batch's first)."""
-    size = chunk if subject.fixed else FREE_CHUNK
-    accuracy = task.evaluate(partial(call, subject.at(size)), batch, device, size, subject.fixed)
-    return accuracy, counted_flops(partial(call, subject.at(1)), (batch.rows(0, 1).to(device),))
+    """Accuracy (%) per family and overall of `subject` on `batch`, and its counted FLOPs for
+    one example (`hits_and_flops`)."""
+    hits, flops = hits_and_flops(task, subject, batch, device, chunk)
+    return task.accuracy(hits, batch), flops
 
 
 def compare(task: Task, dense: Subject, emitted: Subject, batch: Encoded, *, batch_sizes: tuple[int, ...] = (1, 32),

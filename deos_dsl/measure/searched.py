@@ -30,10 +30,40 @@ EVALUATION_JSON, EVALUATION_MD = "evaluation.json", "evaluation.md"
 
 
 @dataclass
+class EmittedSizes:
+    """An emitted schedule as `compare` measures it: `at(batch_size)` is the module for that many
+    examples per call (the one graph when traced symbolically; else `space` with `settings`
+    compiled again at that size on `task`'s first examples, once per size)."""
+
+    space: ir.Space
+    loaded: LoadedModel
+    settings: dict[str, ir.SiteSettings] | None
+    emitted: Emitted
+    task: Task
+    _by_size: dict[int, nn.Module] = field(default_factory=dict)
+
+    @property
+    def fixed(self) -> bool:
+        return self.emitted.traced.tracer != SYMBOLIC
+
+    def at(self, batch_size: int) -> nn.Module:
+        if not self.fixed:
+            return self.emitted.module
+        if batch_size not in self._by_size:
+            rows = self.task.eval_batch(batch_size).to(next(self.loaded.model.parameters()).device)
+            example = replace(self.loaded, args=rows.args, kwargs=rows.kwargs)
+            self._by_size[batch_size] = compile_emitted(self.space, example, self.settings).module
+        return self._by_size[batch_size]
+
+    def subject(self) -> Subject:
+        return Subject(self.at, fixed=self.fixed)
+
+
+@dataclass
 class Searched:
     """The search in `directory`: its `run`, the discrete `tokens.mean` of its schedule (None
     when the space limits no `tokens.mean`), the task it is measured on, the dense model and the
-    emitted graph (compiled on the model's example inputs)."""
+    emitted graph (compiled on the model's example inputs; `sizes`: per batch size)."""
 
     directory: Path
     run: Run
@@ -42,7 +72,9 @@ class Searched:
     loaded: LoadedModel
     settings: dict[str, ir.SiteSettings]
     emitted: Emitted
-    _by_size: dict[int, nn.Module] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sizes = EmittedSizes(self.run.space, self.loaded, self.settings, self.emitted, self.task)
 
     @property
     def dense(self) -> nn.Module:
@@ -52,20 +84,9 @@ class Searched:
     def title(self) -> str:
         return f"{self.run.space.name} on {self.run.model}: dense vs emitted ({self.directory})"
 
-    def emitted_at(self, batch_size: int) -> nn.Module:
-        """The emitted model for `batch_size` examples per call (one graph for every size when
-        traced symbolically; else compiled at that size on the task's first examples)."""
-        if self.emitted.traced.tracer == SYMBOLIC:
-            return self.emitted.module
-        if batch_size not in self._by_size:
-            rows = self.task.eval_batch(batch_size).to(next(self.dense.parameters()).device)
-            example = replace(self.loaded, args=rows.args, kwargs=rows.kwargs)
-            self._by_size[batch_size] = compile_emitted(self.run.space, example, self.settings).module
-        return self._by_size[batch_size]
-
     def subjects(self) -> tuple[Subject, Subject]:
         """The dense model and the emitted one, as `compare` measures them."""
-        return Subject.of(self.dense), Subject(self.emitted_at, fixed=self.emitted.traced.tracer != SYMBOLIC)
+        return Subject.of(self.dense), self.sizes.subject()
 
 
 def tokens_mean(schedule: dict[str, Any]) -> float | None:

@@ -8,7 +8,8 @@ from deos_dsl.ops.inputs import SiteInputs
 from deos_dsl.ops.layouts import pool_inputs, visionzip_inputs
 from deos_dsl.ops.params import NEG_BIAS, Regime
 from deos_dsl.ops.relaxed import RelaxedResult, relaxed_reduce
-from deos_dsl.ops.scores import LearnedScorer, attention_from_query, bipartite_scores, hidden_norm, rater_scores, text_similarity
+from deos_dsl.ops.scores import (LearnedScorer, attention_from_query, bipartite_scores, hidden_norm, random_order, rater_scores,
+                                 text_similarity)
 from deos_dsl.ops.select import ceil_count, keep_count, recycle_mask
 from deos_dsl.ops.unified import HardResult, attention_bias, gather_tokens, reduce_tokens, valid_bias
 
@@ -27,6 +28,7 @@ __all__ = [
     "hidden_norm",
     "keep_count",
     "pool_inputs",
+    "random_order",
     "rater_scores",
     "recycle_mask",
     "reduce_tokens",

@@ -64,6 +64,20 @@ def hidden_norm(x: Tensor) -> Tensor:
     return x.norm(dim=-1)
 
 
+HASH_MULTIPLIER, HASH_MASK = 0x45D9F3B, 0xFFFFFFFF  # a 32-bit integer mixing hash
+
+
+def random_order(n: int, device: torch.device | str = "cpu") -> Tensor:
+    """`[n]` float scores in [0, 1) that rank the positions `0..n-1` in a fixed pseudo-random
+    order (a 32-bit mixing hash of the position: the same order for every example and call, no
+    generator state): the `random` keep baseline."""
+    h = torch.arange(n, device=device, dtype=torch.int64) + 1
+    for _ in range(2):
+        h = ((h >> 16) ^ h) * HASH_MULTIPLIER & HASH_MASK
+    h = (h >> 16) ^ h
+    return h.to(torch.float64) / (HASH_MASK + 1)
+
+
 def text_similarity(x: Tensor, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
     """Cosine similarity of each token `x [B, N, D]` to the mean of the text tokens
     `text [B, T, D]` (only where `text_mask [B, T]` is True).  Returns `[B, N]`."""

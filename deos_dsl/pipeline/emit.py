@@ -46,7 +46,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,8 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     reduced = LoadedModel(loaded.name, whole.module, kwargs=whole.compact(loaded.kwargs), source=loaded.source,
                           roles={**loaded.roles, "decoder": decoder.prefix})
     decoded = _emitted(second.space, reduced, second.settings(settings))
-    plans = {first.outward(n): p for n, p in staged.plans.items()} | {second.outward(n): p for n, p in decoded.plans.items()}
+    plans = {name: replace(plan, name=name) for part, emitted in ((first, staged), (second, decoded))
+             for inner, plan in emitted.plans.items() for name in (part.outward(inner),)}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
     ordered = {site.name: plans[site.name] for site in bound.sites}

@@ -10,6 +10,10 @@ every hard constraint EXACTLY.
    rounding `c * entering` alone would remove far more than the search paid for whenever a
    gate ended unsaturated (`p = 0.77` counts 77% of a reduction in the budget, the discrete
    gate applies all of it). Without expected gates (`E[z] = 1`) it is DESIGN's `c * entering`.
+   This is the ROUNDED schedule (`Schedule.rounded`), reported beside the final one with its
+   validation accuracy and `repair_size` (the largest keep change, the gates flipped): with the
+   search's deciding phase (`relaxation.py`) the gates end at 0 / 1 and the expected schedule
+   within its limits, so repair is a rounding step of a token or two, not a second optimiser.
 3. Repair, greedily, until every limit holds on the discrete schedule (`constraints.Limit.met`):
    while an upper limit is violated, lower one site's keep to its next allowed count, choosing
    the move that costs the least estimated task loss per unit of violation removed: the cost of
@@ -33,7 +37,7 @@ the regime as fixed values), which build the discrete `SiteModule`s for validati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -110,13 +114,15 @@ class Decision:
         return data
 
 
-@dataclass
+@dataclass(frozen=True)
 class Schedule:
-    """The discrete schedule of every site, the limits' discrete values and the repair moves."""
+    """The discrete schedule of every site, the limits' discrete values and the repair moves;
+    `rounded`: the schedule before repair and fill (steps 1-2), None for that one itself."""
 
     decisions: dict[str, Decision]
     values: dict[str, float]
     moves: list[str] = field(default_factory=list)
+    rounded: Schedule | None = None
 
     def settings(self, originals: dict[str, ir.SiteSettings]) -> dict[str, ir.SiteSettings]:
         """Fixed settings per site (`originals[site]` gives its score and operator shape)."""
@@ -130,8 +136,22 @@ class Schedule:
                                           score=original.score, operator=original.operator.model_copy(update=params))
         return fixed
 
+    def repair_size(self) -> dict[str, Any]:
+        """How far repair and fill moved the rounded schedule: the largest keep change of a site
+        open in both (tokens, and which site), and the gates they flipped."""
+        assert self.rounded is not None, "only a repaired schedule has a rounded one"
+        before = self.rounded.decisions
+        moved = {name: abs(d.keep - before[name].keep) for name, d in self.decisions.items()
+                 if d.active and before[name].active}
+        site = max(moved, key=lambda name: moved[name], default=None)
+        return {"tokens": moved[site] if site is not None else 0, "site": site,
+                "gate_flips": [name for name, d in self.decisions.items() if d.active != before[name].active]}
+
     def to_json(self) -> dict[str, Any]:
-        return {"sites": [d.to_json() for d in self.decisions.values()], "constraints": self.values, "repair": self.moves}
+        data: dict[str, Any] = {"sites": [d.to_json() for d in self.decisions.values()], "constraints": self.values}
+        if self.rounded is None:
+            return data
+        return {**data, "repair": self.moves, "repair_size": self.repair_size(), "rounded": self.rounded.to_json()}
 
 
 class Discretiser:
@@ -239,8 +259,10 @@ class Discretiser:
                                       "lower the bound, or let more sites close")
 
     def run(self, tolerance: float) -> Schedule:
-        """Steps 1-5; raises `SearchError` when no discrete schedule meets every limit."""
+        """Steps 1-5; raises `SearchError` when no discrete schedule meets every limit. The
+        result's `rounded` is the schedule of steps 1-2 alone (before repair and fill)."""
         active, keep = self.initial()
+        rounded = self._schedule(active, keep, tolerance, [])
         moves: list[str] = []
         for upper in (True, False):
             while self._violation(self._flow(active, keep)[0], active, upper) > 0:
@@ -256,6 +278,10 @@ class Discretiser:
         while candidates := self._moves(active, keep, "fill"):
             _, label, active, keep = candidates[0]
             moves.append(label)
+        return replace(self._schedule(active, keep, tolerance, moves), rounded=rounded)
+
+    def _schedule(self, active: dict[str, bool], keep: dict[str, int], tolerance: float, moves: list[str]) -> Schedule:
+        """The schedule of gates `active` and requested keeps `keep` (step 5 on its regimes)."""
         counts, taken = self._flow(active, keep)
         values = self._values(counts, active)
         decisions = {}

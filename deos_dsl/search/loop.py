@@ -62,7 +62,7 @@ from .graph import SearchGraph, build_search_graph, sites_off
 from .lagrangian import AugmentedLagrangian
 from .log import JsonLog, Progress, read_log
 from .plots import plot_trajectories
-from .relaxation import annealed, expected_gate, gate_from_noise, gate_noise
+from .relaxation import annealed, decision_weight, expected_gate, gate_from_noise, gate_noise, settling, undecided
 from .recompute import partitioned
 from .result import Run, read_run, write_result, write_run
 from .validate import dense_accuracy, schedule_accuracy
@@ -327,7 +327,8 @@ class Search:
         values, expected = self.expected_values(temperature)
         violations = torch.stack([limit.violation(v).float() for limit, v in zip(self.constraints.limits, values)]) \
             if values else torch.zeros(0, device=self.device)
-        penalty = lagrangian.penalty_terms(violations).sum()
+        deciding = decision_weight(number(policy.decide), step, self.run_info.steps) * self._undecided()
+        penalty = lagrangian.penalty_terms(violations).sum() + deciding
         penalty_grads = torch.autograd.grad(penalty, self.params, allow_unused=True) if penalty.requires_grad else None
         generator = step_noise(self.run_info.seed, step)
         local = self.run_info.batch_size // self.world.size
@@ -361,9 +362,47 @@ class Search:
                     param.grad = grad if param.grad is None else param.grad + grad
         optimizer.step()
         lagrangian.update(violations)
+        shift = self._project(temperature) if settling(number(policy.decide), step, self.run_info.steps) else 0.0
         logged = ddp.mean_over(totals, self.world).cpu()
-        return self._record(step, temperature, logged, float(penalty.detach()), [v.detach() for v in values],
-                            violations.detach(), lagrangian, expected)
+        record = self._record(step, temperature, logged, float(penalty.detach()), float(deciding.detach()),
+                              [v.detach() for v in values], violations.detach(), lagrangian, expected)
+        return {**record, "projected": shift}
+
+    def _project(self, temperature: float) -> float:
+        """Settle phase (`relaxation.settling`): shift every learned keep logit down by the
+        smallest `delta >= 0` (bisection, to 1e-6) that brings each upper limit's EXPECTED value
+        within its target; returns `delta` (0 when they hold, or no keep is learned)."""
+        learned = [m.beta for m in self.graph.modules.values() if m.keep_param.learned]
+        upper = [i for i, limit in enumerate(self.constraints.limits) if limit.upper]
+        if not learned or not upper:
+            return 0.0
+
+        def over(delta: float) -> bool:
+            with torch.no_grad():
+                for beta in learned:
+                    beta.sub_(delta)
+                values, _ = self.expected_values(temperature)
+                for beta in learned:
+                    beta.add_(delta)
+            return any(not self.constraints.limits[i].met(float(values[i])) for i in upper)
+
+        if not over(0.0):
+            return 0.0
+        low, high = 0.0, 1.0
+        while over(high) and high < 64:
+            low, high = high, 2 * high
+        while high - low > 1e-6:
+            middle = (low + high) / 2
+            low, high = (low, middle) if not over(middle) else (middle, high)
+        with torch.no_grad():
+            for beta in learned:
+                beta.sub_(high)
+        return high
+
+    def _undecided(self) -> Tensor:
+        """`sum_g undecided(p_g)` over the learned gates (a 0-d tensor; 0 without any)."""
+        terms = [undecided(m.alpha).sum() for m in self.graph.modules.values() if m.gate_param.learned]
+        return torch.stack(terms).sum() if terms else torch.zeros((), device=self.device)
 
     def _update_usefulness(self) -> None:
         """Running mean of `-d objective / d c` per learned keep ratio (the objective's gradient only)."""
@@ -377,7 +416,7 @@ class Search:
             old = self.usefulness.get(name)
             self.usefulness[name] = raw if old is None else DECAY * old + (1 - DECAY) * raw
 
-    def _record(self, step: int, temperature: float, logged: Tensor, penalty: float, values: list[Tensor],
+    def _record(self, step: int, temperature: float, logged: Tensor, penalty: float, deciding: float, values: list[Tensor],
                 violations: Tensor, lagrangian: AugmentedLagrangian, expected: dict[str, float]) -> dict[str, Any]:
         sites = {}
         with torch.no_grad():
@@ -390,30 +429,40 @@ class Search:
                        for limit, v, g, mu in zip(self.constraints.limits, values, violations, lagrangian.mu)}
         loss, task, align = (float(x) for x in logged)
         return {"step": step, "temperature": temperature, "loss": loss + penalty, "task": task, "align": align,
-                "penalty": penalty, "constraints": constraints, "sites": sites}
+                "penalty": penalty, "decide": deciding, "constraints": constraints, "sites": sites}
 
     def _finish(self, outcome: Outcome) -> None:
-        """Discretise, validate, write the result and the plots (main process)."""
+        """Discretise, validate (the final and the rounded schedule, the dense model), write the
+        result and the plots (main process). `schedule.json` records each limit's EXPECTED value
+        at the end (before discretisation) beside its discrete one."""
         policy = self.policy
         assert policy.anneal is not None
         with torch.no_grad():
-            _, expected = self.expected_values(annealed(policy.anneal, self.run_info.steps - 1, self.run_info.steps))
+            values, expected = self.expected_values(annealed(policy.anneal, self.run_info.steps - 1, self.run_info.steps))
         discretiser = Discretiser(self.constraints, self.graph.modules, self.retains, self.usefulness, expected)
         schedule = discretiser.run(number(policy.snap))
         outcome.schedule = schedule
         if not (self.world.main or self.sharded):  # a sharded graph runs on every process at once
             return
-        settings = schedule.settings({site.name: self.space.sites[site.site_index] for site in self.graph.sites})
+        originals = {site.name: self.space.sites[site.site_index] for site in self.graph.sites}
+        settings = schedule.settings(originals)
         if self.options.val_size > 0:
             batch = self.task.eval_batch(self.options.val_size, "val")
             model = self.model if self.sharded else None
-            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, self.task, settings, batch, self.device, model),
-                                "dense": dense_accuracy(self.graph, self.task, batch, self.device, model)}
+            assert schedule.rounded is not None
+            rounded = schedule.rounded.settings(originals)
+            outcome.accuracy = {"schedule": schedule_accuracy(self.graph, self.task, settings, batch, self.device, model)}
+            outcome.accuracy["rounded"] = outcome.accuracy["schedule"] if rounded == settings else \
+                schedule_accuracy(self.graph, self.task, rounded, batch, self.device, model)
+            outcome.accuracy["dense"] = dense_accuracy(self.graph, self.task, batch, self.device, model)
         if not self.world.main:
             return
         data = schedule.to_json()
+        limits = self.constraints.limits
         data.update(space=self.space.name, model=self.run_info.model, data=self.run_info.data,
-                    targets={limit.label: limit.target for limit in self.constraints.limits},
+                    targets={limit.label: limit.target for limit in limits},
+                    expected={limit.label: float(v) for limit, v in zip(limits, values)},
+                    expected_met=all(limit.met(float(v)) for limit, v in zip(limits, values)),
                     usefulness=self.usefulness, accuracy=outcome.accuracy, val_size=self.options.val_size)
         write_result(self.out, {n: m.state_dict() for n, m in self.graph.modules.items()}, data, settings)
         plot_trajectories(read_log(self.out), self.out)

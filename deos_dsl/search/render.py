@@ -34,7 +34,15 @@ def constraint_lines(schedule: Schedule, limits: list[Limit]) -> list[str]:
 
 def accuracy_line(accuracy: dict[str, dict[str, float]], size: int) -> str:
     """Validation accuracy of the schedule and of the dense model, overall and per family."""
-    schedule, dense = accuracy["schedule"], accuracy["dense"]
+    schedule, rounded, dense = accuracy["schedule"], accuracy["rounded"], accuracy["dense"]
     families = " ".join(f"{k} {v:.1f}" for k, v in schedule.items() if k != "overall")
     return (f"validation ({size} val examples): schedule {schedule['overall']:.1f}% "
-            f"(dense {dense['overall']:.1f}%); per family: {families}")
+            f"(before repair {rounded['overall']:.1f}%, dense {dense['overall']:.1f}%); per family: {families}")
+
+
+def repair_line(schedule: Schedule) -> str:
+    """How far repair and fill moved the rounded schedule (`Schedule.repair_size`)."""
+    size = schedule.repair_size()
+    where = f" ({size['site']})" if size["tokens"] else ""
+    flips = ", ".join(size["gate_flips"]) or "none"
+    return f"repair: {len(schedule.moves)} move(s), largest keep change {size['tokens']} token(s){where}, gates flipped: {flips}"

@@ -3,7 +3,7 @@
 `pareto.png`: accuracy vs counted GFLOPs per example, one panel for the overall accuracy and
 one per question family; one line per method across the budgets (the searched space drawn
 thick), the dense model as a star. `patterns.png`: the searched operator pattern, one row per
-budget and one column per site, each cell coloured by its regime and labelled with the tokens
+budget and seed and one column per site, each cell coloured by its regime and labelled with the tokens
 leaving / entering it (and gamma where it transfers softly).
 """
 
@@ -66,8 +66,8 @@ def plot_patterns(entries: list[Entry], path: Path) -> Path:
     axis.set_ylim(len(searched), 0)
     axis.set_xticks([c + 0.5 for c in range(len(columns))], columns)
     axis.set_yticks([r + 0.5 for r in range(len(searched))],
-                    [f"{budget_label(e.budget or 0)}{' (hybrid)' if e.hybrid else ''}" for e in searched])
-    axis.set_title("searched operator pattern per budget (regime, tokens leaving / entering)")
+                    [f"{budget_label(e.budget or 0)} seed {e.seed}{' (hybrid)' if e.hybrid else ''}" for e in searched])
+    axis.set_title("searched operator pattern per budget and seed (regime, tokens leaving / entering)")
     axis.legend(handles=[Patch(color=c, label=r) for r, c in PATTERN_COLOURS.items()], loc="upper left",
                 bbox_to_anchor=(1.01, 1), fontsize="small")
     figure.tight_layout()

@@ -1,9 +1,10 @@
 """The study's results as JSON (`results.json`) and markdown (`table.md`), and its verdicts.
 
-Per budget the searched schedule is compared with the BEST baseline that ran at that budget
-(overall accuracy on the test subset); `targets()` states the issue's two accuracy targets
-(searched >= best baseline + 2 points at 11%; searched >= 97% of dense at 33%) when those
-budgets were run.
+Per budget the search (its seeds pooled) is compared with the best other row by the paired 95%
+interval of `compare.py`: the verdict (`beats` / `ties` / `loses`) is the interval's, never the
+bare difference. `targets()` states the targets of the study's issue on the budgets that were run:
+the search beats the best other row at 11% and at two other budgets, it never loses, and it
+keeps >= 97% of dense accuracy at 33% and >= 93% at 11%.
 """
 
 from __future__ import annotations
@@ -15,132 +16,138 @@ from rich.table import Table
 from deos_dsl.embedded.vqa import FAMILIES
 
 from .notes import notes_markdown
-from .run import BASELINE, DENSE, SEARCH, Entry, budget_label
+from .run import DENSE, SEARCH, Entry, budget_label
+
+SHARE_FLOORS = {0.33: 97.0, 0.11: 93.0}  # budget -> % of dense accuracy the search keeps at least
 
 
-def _at(entries: list[Entry], budget: float, kind: str) -> list[Entry]:
-    return [e for e in entries if e.budget == budget and e.kind == kind and e.accuracy is not None]
+def _search(budget: dict[str, Any]) -> dict[str, Any] | None:
+    return next((row for row in budget["rows"] if row["kind"] == SEARCH and row["accuracy"] is not None), None)
 
 
-def budget_summary(entries: list[Entry], budget: float) -> dict[str, Any]:
-    """Searched vs best baseline at `budget`: accuracies, margin, pattern, hybrid."""
-    searched = _at(entries, budget, SEARCH)
-    baselines = sorted(_at(entries, budget, BASELINE), key=lambda e: -e.accuracy["overall"])  # type: ignore[index]
-    summary: dict[str, Any] = {"budget": budget, "searched": None, "best_baseline": None, "margin": None}
-    if searched:
-        s = searched[0]
-        summary.update(searched=s.accuracy["overall"], pattern=s.pattern, hybrid=s.hybrid)  # type: ignore[index]
-    if baselines:
-        summary.update(best_baseline=baselines[0].method, best_baseline_accuracy=baselines[0].accuracy["overall"])  # type: ignore[index]
-    if searched and baselines:
-        summary["margin"] = summary["searched"] - summary["best_baseline_accuracy"]
-    return summary
-
-
-def targets(entries: list[Entry]) -> list[dict[str, Any]]:
-    """The issue's accuracy targets that the run budgets allow checking."""
-    dense = next((e.accuracy["overall"] for e in entries if e.kind == DENSE and e.accuracy), None)
-    budgets = {e.budget for e in entries if e.budget is not None}
+def targets(comparison: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets that the run budgets allow checking (module docstring)."""
+    verdicts = {b["budget"]: b["search_vs_best"]["verdict"] for b in comparison if b["search_vs_best"]}
     found = []
-    if 0.11 in budgets:
-        margin = budget_summary(entries, 0.11)["margin"]
-        found.append({"target": "searched beats the best baseline by >= 2 points at 11% tokens",
-                      "value": margin, "met": margin is not None and margin >= 2.0, "unit": "points"})
-    if 0.33 in budgets and dense:
-        searched = budget_summary(entries, 0.33)["searched"]
-        share = None if searched is None else 100 * searched / dense
-        found.append({"target": "searched keeps >= 97% of dense accuracy at 33% tokens",
-                      "value": share, "met": share is not None and share >= 97.0, "unit": "% of dense"})
+    if 0.11 in verdicts:
+        beaten = [budget_label(b) for b, v in verdicts.items() if v == "beats"]
+        found.append({"target": "the search beats the best other row (paired 95% CI above 0) at 11% and at 2 other budgets",
+                      "value": ", ".join(beaten) or "none",
+                      "met": verdicts[0.11] == "beats" and len(beaten) >= 3})
+    if verdicts:
+        lost = [budget_label(b) for b, v in verdicts.items() if v == "loses"]
+        found.append({"target": "no budget where the search loses (CI below 0)", "value": ", ".join(lost) or "none",
+                      "met": not lost})
+    for budget in comparison:
+        floor, row = SHARE_FLOORS.get(budget["budget"]), _search(budget)
+        if floor is not None and row is not None and budget["dense"]:
+            share = 100 * row["accuracy"] / budget["dense"]
+            found.append({"target": f"the search keeps >= {floor:g}% of dense accuracy at {budget_label(budget['budget'])}",
+                          "value": f"{share:.1f}% of dense", "met": share >= floor})
     return found
 
 
-def results_json(entries: list[Entry], meta: dict[str, Any]) -> dict[str, Any]:
-    budgets = sorted({e.budget for e in entries if e.budget is not None}, reverse=True)
-    return {"meta": meta, "entries": [e.to_json() for e in entries],
-            "budgets": [budget_summary(entries, b) for b in budgets], "targets": targets(entries)}
+def results_json(entries: list[Entry], meta: dict[str, Any], comparison: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"meta": meta, "entries": [e.to_json() for e in entries], "targets": targets(comparison)}
 
 
 def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
+
+
 def _row(entry: Entry) -> str:
     budget = "-" if entry.budget is None else budget_label(entry.budget)
     name = f"**{entry.method}**" if entry.kind == SEARCH else entry.method
+    if entry.seed:
+        name += f" (seed +{entry.seed})"
     if entry.accuracy is None:
         cells = ["-"] * (3 + len(FAMILIES)) + [f"not run: {entry.error}"]
     else:
         tokens = "-" if entry.tokens_mean is None else f"{entry.tokens_mean * 100:.2f}%"
         cells = [tokens, _number(entry.gflops, 4), _number(entry.accuracy["overall"])]
         cells += [_number(entry.accuracy[f]) for f in FAMILIES]
-        cells.append(entry.setting if entry.kind != SEARCH else f"{entry.setting}; {entry.pattern}")
-    return "| " + " | ".join([budget, name, *cells]) + " |"
+        cells.append(entry.setting if not entry.sites or entry.kind not in (SEARCH, "ablation") else f"{entry.setting}; {entry.pattern}")
+    return "| " + " | ".join([budget, entry.kind, name, *cells]) + " |"
 
 
-def table_markdown(entries: list[Entry], meta: dict[str, Any]) -> str:
-    """The whole study as markdown: the targets, the searched patterns, then every row."""
-    lines = [f"# Baseline study: `{meta['search_space']}` vs {len(meta['baselines'])} baselines on `{meta['model']}`", "",
+def table_markdown(entries: list[Entry], meta: dict[str, Any], comparison: list[dict[str, Any]]) -> str:
+    """The whole study as markdown: the targets, the per-budget verdicts, then every row."""
+    lines = [f"# Study: `{meta['search_space']}` on `{meta['model']}`", "",
              f"Accuracy (%) on the first {meta['examples']} test examples, measured on each EMITTED graph "
              "(tokens really dropped); GFLOPs of one example counted by `FlopCounterMode`; tokens.mean = "
-             "layer-averaged share of the visual tokens entering the decoder layers (discrete).",
+             "layer-averaged share of the visual tokens entering the decoder layers (discrete). "
+             f"The search ran {meta.get('seeds', 1)} seed(s) per budget (accuracy: their mean, spread: min-max); "
+             "`diff [95% CI]`: the search minus the best other row (baseline, corner or random keep), paired over the "
+             "same examples, bootstrap interval; the verdict is the interval's.",
              f"Command: `{meta['command']}`", ""]
-    found = targets(entries)
+    found = targets(comparison)
     if found:
         lines += ["| target | measured | met |", "| --- | --- | --- |"]
-        lines += [f"| {t['target']} | {_number(t['value'])} {t['unit']} | {'yes' if t['met'] else 'no'} |" for t in found]
+        lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |" for t in found]
         lines.append("")
-    lines += ["Operator pattern: site (`P` projector, `Dk` decoder layer k, `Vk` vision layer k), regime "
+    lines += ["Operator pattern (first seed): site (`P` projector, `Dk` decoder layer k, `Vk` vision layer k), regime "
               "(`mix(g=..)`: a soft transfer, 0 < gamma < 1), span tokens leaving / entering.", "",
-              "| budget | searched | best baseline | margin | hybrid (0 < gamma < 1) | searched operator pattern |",
+              "| budget | search (seeds) | best other row | diff [95% CI] | verdict | searched operator pattern |",
               "| --- | --- | --- | --- | --- | --- |"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(entries)]
-    lines += ["", "Overall accuracy (%) per schedule and budget (`-`: the baseline cannot meet that budget):", ""]
-    lines += accuracy_matrix(entries)
-    lines += ["", "| budget | schedule | tokens.mean | GFLOPs | overall | " + " | ".join(FAMILIES) + " | how |",
-              "| --- " * (6 + len(FAMILIES)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(comparison)]
+    lines += ["", "Overall accuracy (%) per row and budget (`-`: the row cannot meet that budget):", ""]
+    lines += accuracy_matrix(comparison)
+    lines += ["", "| budget | kind | schedule | tokens.mean | GFLOPs | overall | " + " | ".join(FAMILIES) + " | how |",
+              "| --- " * (7 + len(FAMILIES)) + "|"]
     lines += [_row(e) for e in entries]
     notes = notes_markdown(list(meta["baselines"]))
     lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
-def accuracy_matrix(entries: list[Entry]) -> list[str]:
-    """Markdown rows: one per schedule (the searched one first, in bold), one column per budget."""
-    budgets = sorted({e.budget for e in entries if e.budget is not None}, reverse=True)
-    methods = sorted(dict.fromkeys((e.kind, e.method) for e in entries if e.kind != DENSE), key=lambda km: km[0] != SEARCH)
-    cell = {(e.method, e.budget): _number(e.accuracy["overall"]) if e.accuracy else "-" for e in entries}
-    lines = ["| schedule | " + " | ".join(budget_label(b) for b in budgets) + " |", "| --- " * (1 + len(budgets)) + "|"]
-    for kind, method in methods:
-        name = f"**{method}**" if kind == SEARCH else method
-        lines.append(f"| {name} | " + " | ".join(cell.get((method, b), "-") for b in budgets) + " |")
-    dense = next((e for e in entries if e.kind == DENSE and e.accuracy), None)
+def accuracy_matrix(comparison: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: one per row name (the search first, in bold), one column per budget."""
+    names = list(dict.fromkeys((row["kind"], row["name"]) for budget in comparison for row in budget["rows"]))
+    names.sort(key=lambda kind_name: kind_name[0] != SEARCH)
+    cell = {(row["name"], budget["budget"]): _percent(row["accuracy"]) for budget in comparison for row in budget["rows"]}
+    lines = ["| row | kind | " + " | ".join(budget_label(b["budget"]) for b in comparison) + " |",
+             "| --- " * (2 + len(comparison)) + "|"]
+    for kind, name in names:
+        shown = f"**{name}**" if kind == SEARCH else name
+        lines.append(f"| {shown} | {kind} | " + " | ".join(cell.get((name, b["budget"]), "-") for b in comparison) + " |")
+    dense = next((b["dense"] for b in comparison if b["dense"] is not None), None)
     if dense is not None:
-        lines.append("| dense (100%) | " + " | ".join(_number(dense.accuracy["overall"]) for _ in budgets) + " |")  # type: ignore[index]
+        lines.append(f"| dense (100%) | {DENSE} | " + " | ".join(_percent(dense) for _ in comparison) + " |")
     return lines
 
 
-def summary_rows(entries: list[Entry]) -> list[list[str]]:
-    """Per budget (largest first): budget, searched, best baseline, margin, hybrid, pattern."""
+def summary_rows(comparison: list[dict[str, Any]]) -> list[list[str]]:
+    """Per budget (largest first): budget, search (seeds), best other row, diff [CI], verdict, pattern."""
     rows = []
-    for budget in sorted({e.budget for e in entries if e.budget is not None}, reverse=True):
-        summary = budget_summary(entries, budget)
-        best = "-" if summary["best_baseline"] is None else f"{summary['best_baseline']} {summary['best_baseline_accuracy']:.1f}"
-        hybrid = "-" if summary["searched"] is None else ("yes" if summary["hybrid"] else "no")
-        rows.append([budget_label(budget), _number(summary["searched"]), best, _number(summary["margin"]), hybrid,
-                     summary.get("pattern", "-")])
+    for budget in comparison:
+        search, versus = _search(budget), budget["search_vs_best"]
+        seeds = "-" if search is None else \
+            f"{_percent(search['accuracy'])} ({_percent(min(search['seeds']))}-{_percent(max(search['seeds']))})"
+        if versus is None:
+            rows.append([budget_label(budget["budget"]), seeds, "-", "-", "-", "-" if search is None else search["pattern"]])
+            continue
+        best = next(row for row in budget["rows"] if row["name"] == versus["best_other"])
+        low, high = versus["ci95"]
+        rows.append([budget_label(budget["budget"]), seeds, f"{versus['best_other']} ({best['kind']}) {_percent(best['accuracy'])}",
+                     f"{100 * versus['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", versus["verdict"],
+                     "-" if search is None else search["pattern"]])
     return rows
 
 
-def summary_table(entries: list[Entry]) -> Table:
+def summary_table(comparison: list[dict[str, Any]]) -> Table:
     """The per-budget verdicts as a rich table (what `deos study` prints at the end)."""
-    table = Table(title="study: searched vs best baseline (overall accuracy %, test subset)", title_justify="left")
-    for column in ("budget", "searched", "best baseline", "margin", "hybrid", "searched operator pattern"):
+    table = Table(title="study: search vs best other row (overall accuracy %, test subset, paired 95% CI)",
+                  title_justify="left")
+    for column in ("budget", "search (seeds)", "best other row", "diff [95% CI]", "verdict", "searched operator pattern"):
         table.add_column(column)
-    for cells in summary_rows(entries):
+    for cells in summary_rows(comparison):
         table.add_row(*cells)
     return table
 
 
-def target_lines(entries: list[Entry]) -> list[str]:
-    return [f"target: {t['target']}: {_number(t['value'])} {t['unit']} ({'met' if t['met'] else 'NOT met'})"
-            for t in targets(entries)]
+def target_lines(comparison: list[dict[str, Any]]) -> list[str]:
+    return [f"target: {t['target']}: {t['value']} ({'met' if t['met'] else 'NOT met'})" for t in targets(comparison)]

@@ -1,16 +1,22 @@
-"""The baseline study: the search space and every hand-designed baseline at each token budget.
+"""The baseline study: the search space against every hand-designed baseline, fixed corner of
+the operator and random keep at each token budget, with search seeds and ablations.
 
 For each budget `B` (a share of the visual tokens, layer-averaged as `tokens.mean`):
-- the search space runs with its constraints replaced by `tokens.mean <= B` (`deos search`
-  into `OUT/budget-B/search`; a finished search there with the same arguments is reused, an
-  unfinished one resumed), and its discrete schedule is compiled;
-- every baseline is fitted to `B` (`fit.fit_baseline`: its own trade-off knob, a projector
-  cut where that cannot reach `B`) and compiled; a baseline that cannot meet `B` is a row
-  with the reason instead of numbers.
+- the search space runs `seeds` times (policy seed + 0, 1, ...) with its constraints replaced by
+  `tokens.mean <= B` (`deos search` into `OUT/budget-B/search`, `search-seed1`, ...; a finished
+  search there with the same arguments is reused, an unfinished one resumed), and each discrete
+  schedule is compiled;
+- every fixed space (baseline, corner, random keep: the kind is the caller's) is fitted to `B`
+  (`fit.fit_baseline`: its own trade-off knob, a projector cut where that cannot reach `B`) and
+  compiled; one that cannot meet `B` is a row with the reason instead of numbers;
+- at the `ablation_budgets`, every ablation space (a learned variant of the search space) is
+  searched once, as the search is (`OUT/budget-B/ablation-NAME`).
 Every schedule is then measured the same way on its EMITTED graph (tokens really dropped):
-accuracy on the fixed test subset, FLOPs of one example counted by `FlopCounterMode`, and the
-operator pattern (`pattern.py`). The dense model is measured once. `results.json` is rewritten
-(atomically) after every budget, so an interrupted study keeps what it measured.
+which of the fixed test examples it answers right (`hits`, kept for the paired intervals of
+`compare.py`), accuracy, FLOPs of one example counted by `FlopCounterMode`, and the operator
+pattern (`pattern.py`); a search's row also carries how far discretisation's repair moved its
+schedule (`repair`, from its `schedule.json`). The dense model is measured once. The study's
+files are rewritten (atomically) after every budget, so an interrupted study keeps what it measured.
 """
 
 from __future__ import annotations
@@ -22,32 +28,36 @@ from typing import Any, Callable
 
 import torch
 from rich.console import Console
-from torch import nn
 
 from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.data import Encoded
 from deos_dsl.errors import DeosError, StudyError
 from deos_dsl.frontend import ir
-from deos_dsl.measure import Subject, accuracy_and_flops, load_searched
+from deos_dsl.measure import EmittedSizes, Subject, hits_and_flops, load_searched
 from deos_dsl.pipeline.emit import Emitted, compile_emitted
-from deos_dsl.search.loop import Options, search
-from deos_dsl.search.result import SCHEDULE, read_run
+from deos_dsl.search.loop import Options, number, search
+from deos_dsl.search.result import SCHEDULE, read_run, read_schedule
 from deos_dsl.tasks import make_task
 
 from .fit import fit_baseline
 from .pattern import is_hybrid, pattern_text, site_pattern
 
-SEARCH, DENSE, BASELINE = "search", "dense", "baseline"
+SEARCH, DENSE, BASELINE, CORNER, RANDOM, ABLATION = "search", "dense", "baseline", "corner", "random", "ablation"
+FIXED_KINDS = (BASELINE, CORNER, RANDOM)
+MEASURE_CHUNK = 50  # examples per call of an emitted graph exported at a fixed batch size
 
 
 @dataclass
 class Entry:
     """One row of the study: a schedule at a budget (None: the dense model) and what it measured;
-    `setting` says how it was obtained, `error` why there are no numbers."""
+    `setting` says how it was obtained, `error` why there are no numbers; `hits`: one character
+    per test example, `1` where it answered right; `repair` (a search): its schedule's
+    `repair_size`, `expected_met` and validation accuracies before and after repair."""
 
     method: str
     kind: str
     budget: float | None
+    seed: int | None = None
     tokens_mean: float | None = None
     gflops: float | None = None
     accuracy: dict[str, float] | None = None
@@ -56,6 +66,8 @@ class Entry:
     setting: str = ""
     seconds: float = 0.0
     error: str | None = None
+    hits: str = ""
+    repair: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pattern(self) -> str:
@@ -65,18 +77,37 @@ class Entry:
         return dict(asdict(self), pattern=self.pattern)
 
 
+def repair_report(schedule: dict[str, Any]) -> dict[str, Any]:
+    """What a search row reports of its `schedule.json`: how far repair moved the rounded
+    schedule, whether the expected schedule met every limit before discretisation, and the
+    validation accuracies (overall %) before and after repair (when it validated)."""
+    accuracy = schedule.get("accuracy", {})
+    return {"size": schedule.get("repair_size"), "moves": len(schedule.get("repair", [])),
+            "expected_met": schedule.get("expected_met"),
+            **{f"val_{key}": accuracy[key]["overall"] for key in ("rounded", "schedule") if key in accuracy}}
+
+
 @dataclass(frozen=True)
 class StudyPlan:
-    """What to run: `search_space` (learned) and `baselines` (fixed) at `budgets` (shares)."""
+    """What to run: `search_space` (learned, `seeds` times) and the `fixed` spaces (kind ->
+    spaces: baselines, corners, random keep) at `budgets` (shares); the `ablations` (learned)
+    at the `ablation_budgets` among them."""
 
     search_space: ir.Space
-    baselines: list[ir.Space]
+    fixed: dict[str, list[ir.Space]]
     budgets: tuple[float, ...]
     model: str
     data: str
     out: Path
     options: Options
     examples: int = 1000
+    seeds: int = 1
+    ablations: tuple[ir.Space, ...] = ()
+    ablation_budgets: tuple[float, ...] = ()
+
+    @property
+    def baselines(self) -> list[ir.Space]:
+        return self.fixed.get(BASELINE, [])
 
 
 def budget_label(budget: float) -> str:
@@ -95,13 +126,22 @@ def failure_reason(error: DeosError) -> str:
     return error.diagnostics[0].message if error.diagnostics else error.message
 
 
-def search_dir(out: Path, budget: float) -> Path:
-    """`OUT/budget-B/search`: where the study searches at `budget` (a share; B in percent)."""
-    return out / f"budget-{budget * 100:g}" / "search"
+def search_dir(out: Path, budget: float, seed: int = 0, ablation: str | None = None) -> Path:
+    """Where the study searches at `budget` (a share; B in percent): `OUT/budget-B/search` (the
+    first seed), `search-seedS` (seed S), `ablation-NAME` (an ablation)."""
+    name = f"ablation-{ablation}" if ablation is not None else "search" if seed == 0 else f"search-seed{seed}"
+    return out / f"budget-{budget * 100:g}" / name
+
+
+def with_seed(space: ir.Space, offset: int) -> ir.Space:
+    """`space` with its policy seed raised by `offset`."""
+    policy = space.policy
+    assert policy is not None and isinstance(policy.seed, ir.Num), "the study searches resolved spaces"
+    return space.model_copy(update={"policy": policy.model_copy(update={"seed": ir.Num(value=policy.seed.value + offset)})})
 
 
 def search_dirs(out: Path) -> list[Path]:
-    """The study's search directories under `out` (`search_dir`), largest budget first."""
+    """The study's first-seed search directories under `out` (`search_dir`), largest budget first."""
     return sorted(out.glob("budget-*/search"), key=lambda d: float(d.parent.name.removeprefix("budget-")), reverse=True)
 
 
@@ -113,7 +153,9 @@ class Study:
         self.loaded: LoadedModel = resolve_model(plan.model)
         self.task = make_task(plan.data, self.loaded)
         self.batch: Encoded = self.task.eval_batch(plan.examples, "test")
-        self.total = 1 + len(plan.budgets) * (1 + len(plan.baselines))
+        fixed = sum(len(spaces) for spaces in plan.fixed.values())
+        ablated = len(set(plan.ablation_budgets) & set(plan.budgets)) * len(plan.ablations)
+        self.total = 1 + len(plan.budgets) * (plan.seeds + fixed) + ablated
         self.done = 0
 
     def _announce(self, what: str) -> None:
@@ -124,19 +166,23 @@ class Study:
         """Every entry of the plan, in order; `save(entries so far)` runs after each budget."""
         self._announce("dense model")
         entries = [self._measure(Entry("dense", DENSE, None, tokens_mean=1.0, setting="no reduction"),
-                                 self.loaded.model, None)]
-        for budget in self.plan.budgets:
-            entries.append(self._searched(budget))
-            entries.extend(self._baseline(space, budget) for space in self.plan.baselines)
+                                 Subject.of(self.loaded.model), None)]
+        plan = self.plan
+        for budget in plan.budgets:
+            entries.extend(self._searched(plan.search_space, budget, seed) for seed in range(plan.seeds))
+            entries.extend(self._fitted(space, budget, kind) for kind in FIXED_KINDS for space in plan.fixed.get(kind, []))
+            if budget in plan.ablation_budgets:
+                entries.extend(self._searched(space, budget, 0, ablation=True) for space in plan.ablations)
             save(entries)
         return entries
 
-    def _searched(self, budget: float) -> Entry:
-        """Search (or reuse the finished search of) the search space at `budget`, then measure it."""
-        space = budget_space(self.plan.search_space, budget)
-        entry = Entry(space.name, SEARCH, budget)
-        out = search_dir(self.plan.out, budget)
-        self._announce(f"budget {budget_label(budget)}: search `{space.name}` into {out}")
+    def _searched(self, space: ir.Space, budget: float, seed: int, ablation: bool = False) -> Entry:
+        """Search (or reuse the finished search of) `space` at `budget` with its policy seed
+        raised by `seed`, then measure it."""
+        space = with_seed(budget_space(space, budget), seed)
+        entry = Entry(space.name, ABLATION if ablation else SEARCH, budget, seed)
+        out = search_dir(self.plan.out, budget, seed, space.name if ablation else None)
+        self._announce(f"budget {budget_label(budget)}: search `{space.name}` (seed +{seed}) into {out}")
         started = time.perf_counter()
         try:
             steps = self._search(space, out)
@@ -149,8 +195,9 @@ class Study:
             return entry
         entry.seconds = time.perf_counter() - started
         entry.tokens_mean = searched.tokens_mean
-        entry.setting = f"searched, {steps} steps"
-        return self._measure(entry, searched.emitted.module, searched.emitted)
+        entry.setting = f"searched, {steps} steps, seed {int(number(space.policy.seed))}"  # type: ignore[union-attr]
+        entry.repair = repair_report(read_schedule(out)[0])
+        return self._measure(entry, searched.sizes.subject(), searched.emitted)
 
     def _search(self, space: ir.Space, out: Path) -> int:
         """Run the search into `out` unless a finished one with the same arguments is there;
@@ -166,10 +213,10 @@ class Study:
                          resume=out.is_dir() and any(out.iterdir()), console=self.console)
         return outcome.steps_done
 
-    def _baseline(self, space: ir.Space, budget: float) -> Entry:
-        """Fit `space` to `budget`, compile it and measure it."""
-        entry = Entry(space.name, BASELINE, budget)
-        self._announce(f"budget {budget_label(budget)}: baseline `{space.name}`")
+    def _fitted(self, space: ir.Space, budget: float, kind: str) -> Entry:
+        """Fit the fixed `space` (a row of `kind`) to `budget`, compile it and measure it."""
+        entry = Entry(space.name, kind, budget)
+        self._announce(f"budget {budget_label(budget)}: {kind} `{space.name}`")
         started = time.perf_counter()
         try:
             fitted = fit_baseline(space, budget, self.loaded)
@@ -180,14 +227,16 @@ class Study:
             return entry
         entry.seconds = time.perf_counter() - started
         entry.tokens_mean, entry.setting = fitted.tokens_mean, fitted.describe()
-        return self._measure(entry, emitted.module, emitted)
+        return self._measure(entry, EmittedSizes(fitted.space, self.loaded, None, emitted, self.task).subject(), emitted)
 
-    def _measure(self, entry: Entry, module: nn.Module, emitted: Emitted | None) -> Entry:
-        """Fill `entry` with accuracy, counted GFLOPs and (for an emitted graph) its pattern."""
+    def _measure(self, entry: Entry, subject: Subject, emitted: Emitted | None) -> Entry:
+        """Fill `entry` with hits, accuracy, counted GFLOPs and (for an emitted graph) its pattern;
+        a graph exported at one batch size runs `MEASURE_CHUNK` examples per call."""
         started = time.perf_counter()
         with self.console.status(f"measuring {entry.method}"):
-            entry.accuracy, flops = accuracy_and_flops(self.task, Subject.of(module), self.batch, torch.device("cpu"))
-            entry.gflops = flops / 1e9
+            hits, flops = hits_and_flops(self.task, subject, self.batch, torch.device("cpu"), MEASURE_CHUNK)
+            entry.accuracy, entry.gflops = self.task.accuracy(hits, self.batch), flops / 1e9
+            entry.hits = "".join("1" if hit else "0" for hit in hits.tolist())
         if emitted is not None:
             entry.sites = [site_pattern(plan) for plan in emitted.plans.values()]
             entry.hybrid = is_hybrid(emitted.plans)

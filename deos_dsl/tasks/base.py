@@ -112,12 +112,18 @@ class Task(ABC):
         result["overall"] = 100.0 * hits.mean().item()
         return result
 
-    @torch.no_grad()
     def evaluate(self, run: Callable[[Encoded], Any], batch: Encoded, device: torch.device, chunk: int,
                  fixed: bool = False) -> dict[str, float]:
-        """Accuracy of `run(batch rows)` (a model or graph call) over `batch`, `chunk` examples
-        at a time; `fixed`: every call gets exactly `chunk` rows (the last chunk is padded with
-        repeated rows, then dropped), for graphs traced at one batch size."""
+        """Accuracy (%) per family and overall of `run` over `batch` (see `hits`)."""
+        return self.accuracy(self.hits(run, batch, device, chunk, fixed), batch)
+
+    @torch.no_grad()
+    def hits(self, run: Callable[[Encoded], Any], batch: Encoded, device: torch.device, chunk: int,
+             fixed: bool = False) -> Tensor:
+        """`[len(batch)]` bool on the CPU: whether `run(batch rows)` (a model or graph call)
+        answers each example right, `chunk` examples at a time; `fixed`: every call gets exactly
+        `chunk` rows (the last chunk is padded with repeated rows, then dropped), for graphs
+        traced at one batch size."""
         hits = []
         for lo in range(0, len(batch), chunk):
             rows = batch.rows(lo, lo + chunk)
@@ -126,4 +132,4 @@ class Task(ABC):
                 rows = concat([rows] + [batch.rows(0, 1)] * (chunk - real))
             rows = rows.to(device)
             hits.append(self.correct(self.logits(run(rows)), rows)[:real].cpu())
-        return self.accuracy(torch.cat(hits), batch)
+        return torch.cat(hits)

@@ -64,6 +64,10 @@ def test_llava_sites_on_the_vision_tower_and_the_decoder_emit_in_two_stages(tmp_
     assert all(plan.active for plan in emitted.plans.values())
     vision = [name for name in emitted.plans if "vision_tower" in name]
     (decoder,) = [name for name in emitted.plans if "language_model" in name]
+    # every plan, and plan.json, names its site as the space does (site entry 1 is the decoder's),
+    # not as the stage that emitted it (`@0`): `deos cost --schedule` and `deos evaluate` match them
+    assert decoder.endswith("@1") and all(plan.name == name for name, plan in emitted.plans.items())
+    assert [entry["name"] for entry in emitted.plan_json()["sites"]] == list(emitted.plans)
     placeholders = int((model.kwargs["input_ids"][0] == model.model.config.image_token_id).sum())
     assert emitted.plans[decoder].entering in {emitted.plans[name].leaving for name in vision}  # what the tower left
     assert emitted.plans[decoder].entering < placeholders

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import ops_references as ref
-from deos_dsl.ops import LearnedScorer, Regime, attention_from_query, bipartite_scores, hidden_norm, relaxed_reduce, text_similarity
+from deos_dsl.ops import (LearnedScorer, Regime, attention_from_query, bipartite_scores, hidden_norm, random_order, relaxed_reduce,
+                          text_similarity)
 
 torch.set_num_threads(1)
 
@@ -82,3 +83,16 @@ def test_learned_scorer_gets_gradient_through_relaxed_form():
     out = relaxed_reduce(x, range(2, 12), scores, 0.4, regime=Regime(gamma=0.5, tau=0.3), temperature=0.5, rank_temperature=0.3)
     (out.x.square().sum() + out.attn_bias.sum()).backward()
     assert scorer.proj.weight.grad.abs().sum() > 0 and scorer.norm.weight.grad.abs().sum() > 0
+
+
+def test_random_order_is_a_fixed_pseudo_random_ranking_of_the_positions():
+    order = random_order(576)
+    assert order.shape == (576,) and len(set(order.tolist())) == 576 and 0 <= order.min() and order.max() < 1
+    assert torch.equal(order, random_order(576)) and torch.equal(random_order(144), order[:144])  # a function of the position
+    kept = order.topk(144).indices
+    # no structure a grid baseline would share: the kept quarter spreads over every row of the 24 x 24 grid ...
+    assert len(set((kept // 24).tolist())) >= 20
+    # ... and ranks are uncorrelated with the position (|Spearman| small for 576 positions)
+    ranks = order.argsort().argsort().double()
+    positions = torch.arange(576, dtype=torch.float64)
+    assert abs(float(torch.corrcoef(torch.stack([ranks, positions]))[0, 1])) < 0.1

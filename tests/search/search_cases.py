@@ -10,10 +10,12 @@ from deos_dsl.frontend import ir, load_spaces
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "search_25.deos"
 
 
-def space_text(budget: str = "25%", steps: int = 4, relaxation: str = "hard_concrete", body: str = "") -> str:
-    """A space `small` extending `eos_25`, with `body` added to it."""
+def space_text(budget: str = "25%", steps: int = 4, relaxation: str = "hard_concrete", body: str = "",
+               policy: str = "") -> str:
+    """A space `small` extending `eos_25`, with `body` added to it and `policy` to its policy."""
     return (f'import "{BENCHMARK}"\n\nspace small extends eos_25 {{\n{body}'
-            f"  constraint tokens.mean <= {budget}\n  policy {{\n    steps: {steps}\n    relaxation: {relaxation}\n  }}\n}}\n")
+            f"  constraint tokens.mean <= {budget}\n  policy {{\n    steps: {steps}\n    relaxation: {relaxation}\n"
+            f"{policy}  }}\n}}\n")
 
 
 def write_space(tmp: Path, **kwargs: object) -> Path:

@@ -48,13 +48,19 @@ def test_search_prints_the_schedule_constraints_and_accuracy_then_emits(searched
     directory, out = searched
     assert "searched schedule (discrete)" in out and "decoder.layers.0@1" in out
     assert "tokens.mean <= 25%: 25% of the reducible tokens (met)" in out
-    assert "validation (40 val examples): schedule " in out and "(dense " in out
+    assert "validation (40 val examples): schedule " in out and "(before repair " in out and ", dense " in out
+    assert re.search(r"repair: \d+ move\(s\), largest keep change \d+ token\(s\)", out)
     assert re.search(r"search of \d+ steps in [\d.]+ s, peak memory [\d.]+ GiB \(process RSS\)", out)
     schedule = json.loads((directory / "schedule.json").read_text())
     plan = json.loads((directory / "emitted" / "plan.json").read_text())
     searched_keeps = [(s["name"], s["active"], s["keep"]) for s in schedule["sites"]]
     assert [(s["name"], s["active"], s["keep"]) for s in plan["sites"]] == searched_keeps
     assert schedule["constraints"]["tokens.mean <= 25%"] <= 0.25
+    assert set(schedule["accuracy"]) == {"schedule", "rounded", "dense"}
+    assert schedule["expected_met"] == (schedule["expected"]["tokens.mean <= 25%"] <= 0.25 * (1 + 1e-12))
+    rounded = {s["name"]: s["keep"] for s in schedule["rounded"]["sites"] if s["active"]}
+    largest = max((abs(s["keep"] - rounded[s["name"]]) for s in schedule["sites"] if s["name"] in rounded and s["active"]), default=0)
+    assert schedule["repair_size"]["tokens"] == largest
     assert {s["active"] for s in schedule["sites"]} == {True, False}  # closed sites after open ones emit too
     assert f"wrote {directory / 'emitted' / 'model.pt2'}" in out
 

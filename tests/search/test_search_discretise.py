@@ -89,7 +89,9 @@ def test_the_discrete_schedule_meets_the_budget_exactly_or_the_budget_is_out_of_
         assert d.keep in allowed_keeps(discretiser.retains[name], d.entering)
         if torch.sigmoid(torch.tensor(alpha)) > 0.5:
             assert d.active  # the repair never closes a gate
+    assert schedule.rounded is not None and schedule.rounded.moves == []
     if not schedule.moves:  # no repair: the rounding of the relaxed counts (of the open sites)
+        assert schedule.rounded.decisions == decisions and schedule.repair_size()["tokens"] == 0
         for name in NAMES:
             d = decisions[name]
             if not d.active:
@@ -108,6 +110,12 @@ def test_repair_lowers_the_least_useful_site_first_and_stops_at_the_budget():
     assert keeps == [14, 13, 7, 4]  # only the useless projector pays, down to the first count within budget
     assert schedule.moves == [f"lower {NAMES[0]}: keep {k} -> {k - 1}" for k in range(25, 14, -1)]  # no fill fits
     assert tokens_mean(schedule.decisions) == pytest.approx(38 / 192) and 38 / 192 <= 0.20 < 39 / 192
+    assert schedule.rounded is not None and [schedule.rounded.decisions[name].keep for name in NAMES] == [25, 13, 7, 4]
+    assert schedule.rounded.values["tokens.mean <= 0.2"] == pytest.approx(49 / 192)  # what the search ended at
+    assert schedule.repair_size() == {"tokens": 11, "site": NAMES[0], "gate_flips": []}
+    reported = schedule.to_json()
+    assert reported["repair_size"]["tokens"] == 11 and len(reported["repair"]) == 11
+    assert [s["keep"] for s in reported["rounded"]["sites"]] == [25, 13, 7, 4] and "rounded" not in reported["rounded"]
     useful_projector = build([3.0] * 4, [0.0] * 4, [mean_limit(0.20)], usefulness=[9.0, 0.1, 9.0, 9.0]).run(0.0)
     lowered = {move.split(":")[0] for move in useful_projector.moves if move.startswith("lower")}
     assert lowered == {f"lower {NAMES[1]}"}  # now layer 0 pays (and the slack it leaves may be filled)
@@ -139,6 +147,8 @@ def test_closed_gates_open_only_when_open_sites_cannot_move():
     schedule = discretiser.run(0.0)
     assert tokens_mean(schedule.decisions) <= 0.10
     assert sum(d.active for d in schedule.decisions.values()) > 1
+    opened = [name for name, d in schedule.decisions.items() if d.active and name != NAMES[0]]
+    assert schedule.repair_size()["gate_flips"] == opened  # reported: repair opened gates the search closed
 
 
 def test_lower_bound_raises_keeps_without_breaking_the_upper_bound():

@@ -1,5 +1,6 @@
 """Relaxed gates: hard-concrete / Gumbel-sigmoid statistics against their closed forms, the
-expected gate used by the constraints, straight-through gradients, the annealing schedules."""
+expected gate used by the constraints, straight-through gradients, the annealing schedules,
+the deciding term and its ramp."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from deos_dsl.frontend import ir
-from deos_dsl.search.relaxation import STRETCH, annealed, expected_gate, gate_from_noise, gate_noise
+from deos_dsl.search.relaxation import (MARGIN, STRETCH, annealed, decision_weight, expected_gate, gate_from_noise, gate_noise,
+                                        undecided)
 
 N = 200_000
 
@@ -77,3 +79,20 @@ def test_annealing_goes_from_start_to_end_monotonically(schedule: str):
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert annealed(anneal, 25, 51) == pytest.approx({"linear": 0.55, "exponential": 0.1 ** 0.5, "cosine": 0.55}[schedule])
     assert annealed(ir.Anneal(schedule="constant", start=num(0.3)), 7, 50) == 0.3
+
+
+def test_the_deciding_weight_is_off_in_the_first_half_rises_to_decide_at_three_quarters_then_holds():
+    weights = [decision_weight(2.0, step, 101) for step in range(101)]
+    assert weights[:51] == [0.0] * 51 and weights[75:] == [pytest.approx(2.0)] * 26
+    assert weights[63] == pytest.approx(1.04) and all(b > a for a, b in zip(weights[50:75], weights[51:76]))
+    assert decision_weight(0.0, 100, 101) == 0.0
+
+
+def test_the_deciding_term_pushes_each_gate_to_the_side_it_is_on_until_it_is_decided():
+    alpha = torch.tensor([-5.0, -2.0, -0.3, 0.0, 0.3, 2.0, 5.0], requires_grad=True)
+    term = undecided(alpha)
+    assert term.tolist() == pytest.approx([0.0, 2.0, 3.7, MARGIN, 3.7, 2.0, 0.0], abs=2e-3)
+    term.sum().backward()
+    descent = -alpha.grad
+    assert descent.tolist() == [0.0, -1.0, -1.0, -1.0, 1.0, 1.0, 0.0]  # away from p = 1/2; a tie closes
+    assert torch.sigmoid(torch.tensor(MARGIN)) > 0.98  # decided means p outside (0.02, 0.98)

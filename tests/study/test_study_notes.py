@@ -27,6 +27,6 @@ def test_every_note_is_a_shipped_baseline_space():
 
 def test_the_study_table_prints_the_notes_of_its_baselines():
     meta = {"search_space": "s", "baselines": ["fastv", "tome", "sparsevlm"], "model": "m", "examples": 1, "command": "c"}
-    table = table_markdown([], meta)
+    table = table_markdown([], meta, [])
     assert f"- `tome`: {BASELINE_NOTES['tome']}." in table and f"- `sparsevlm`: {BASELINE_NOTES['sparsevlm']}." in table
     assert "`fastv`:" not in table and "`evit`:" not in table  # FastV is faithful; EViT is not in this study

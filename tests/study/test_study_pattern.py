@@ -31,6 +31,8 @@ def test_regime_names_follow_the_corners(gamma: float, tau: float, rho: float, r
 
 def test_short_site_names() -> None:
     assert [short_site(n) for n in ("decoder.layers.12@0", "vision.layers.1@2", "projector@0")] == ["D12", "V1", "P"]
+    hf = ("model.language_model.layers.3@1", "model.vision_tower.vision_model.encoder.layers.11@0", "model.multi_modal_projector@0")
+    assert [short_site(n) for n in hf] == ["D3", "V11", "P"] and short_site("model.norm@0") == "model.norm"
 
 
 def test_hybrid_needs_an_active_soft_transfer() -> None:

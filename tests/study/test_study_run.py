@@ -1,6 +1,7 @@
-"""The study end to end on a tiny plan: one budget, two baselines, a 2-step search, 50 test
-examples. Checks the files, the budgets met, the dense row against an independent evaluation,
-the reuse of a finished search and the refusal of a foreign one, and the CLI's errors."""
+"""The study end to end on a tiny plan: one budget, two baselines, a corner, random keep, a 2-step
+search with two seeds and one ablation, 50 test examples. Checks the files, the budgets met, the
+dense row against an independent evaluation, `comparison.json` read back against the rows' own
+hits, the reuse of a finished search and the refusal of a foreign one, and the CLI's errors."""
 
 from __future__ import annotations
 
@@ -22,40 +23,52 @@ from deos_dsl.study.run import search_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_SPACE = ROOT / "benchmarks" / "study.deos"
+ROWS = ROOT / "benchmarks" / "study_llava.deos"  # corners, random keep, ablations
 FASTV, TOME = ROOT / "spaces" / "fastv.deos", ROOT / "spaces" / "tome.deos"
 EXAMPLES = 50
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _plan(out: Path, steps: int = 2) -> StudyPlan:
-    spaces = load_spaces(STUDY_SPACE) + load_spaces(FASTV) + load_spaces(TOME)
-    search_space, baselines = study_spaces(spaces, "eos_study")
-    options = Options(steps=steps, batch_size=4, val_size=0, device="cpu")
-    return StudyPlan(search_space, baselines, (0.5,), "embedded", "embedded", out, options, EXAMPLES)
+def _plan(out: Path, steps: int = 2, data: str = "embedded") -> StudyPlan:
+    rows = [s for s in load_spaces(ROWS) if s.name in ("corner_prune_projector", "random_projector", "eos_llava_gates_open")]
+    spaces = load_spaces(STUDY_SPACE) + load_spaces(FASTV) + load_spaces(TOME) + rows
+    chosen = study_spaces(spaces, "eos_study", ("corner_prune_projector",), ("random_projector",), ("eos_llava_gates_open",))
+    options = Options(steps=steps, batch_size=4, val_size=20, device="cpu")
+    return StudyPlan(chosen.search, chosen.fixed, (0.5,), "embedded", data, out, options, EXAMPLES, seeds=2,
+                     ablations=chosen.ablations, ablation_budgets=(0.5,))
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, list[Path]]:
     out = tmp_path_factory.mktemp("study")
-    entries, paths = run_study(_plan(out), Console(file=open("/dev/null", "w")), "test")
+    entries, _, paths = run_study(_plan(out), Console(file=open("/dev/null", "w")), "test")
     return out, entries, paths
 
 
-def test_study_spaces_picks_the_search_space_and_the_fixed_baselines() -> None:
+def test_study_spaces_classifies_the_search_space_the_fixed_rows_and_the_ablations() -> None:
     spaces = load_spaces(STUDY_SPACE) + load_spaces(ROOT / "spaces" / "sparsevlm.deos") + load_spaces(ROOT / "spaces" / "eos.deos")
-    search_space, baselines = study_spaces(spaces, "eos_study")
-    assert search_space.name == "eos_study"
-    assert [b.name for b in baselines] == ["sparsevlm_prune", "sparsevlm"]  # not `baseline` (no site), not eos_* (learned)
+    chosen = study_spaces(spaces, "eos_study")
+    assert chosen.search.name == "eos_study" and chosen.ablations == ()
+    assert [b.name for b in chosen.fixed["baseline"]] == ["sparsevlm_prune", "sparsevlm"]  # not `baseline` (no site), not eos_* (learned)
+    rows = study_spaces(spaces + load_spaces(ROWS), "eos_study", ("corner_merge_layer0",), ("random_projector",), ("eos_llava",))
+    assert [s.name for s in rows.fixed["corner"]] == ["corner_merge_layer0"] and [s.name for s in rows.fixed["random"]] == ["random_projector"]
+    assert "corner_merge_layer0" not in [s.name for s in rows.fixed["baseline"]] and [s.name for s in rows.ablations] == ["eos_llava"]
     with pytest.raises(StudyError, match="no space `eos_stdy`"):
         study_spaces(spaces, "eos_stdy")
     with pytest.raises(StudyError, match="learns nothing"):
         study_spaces(spaces, "sparsevlm_prune")
+    with pytest.raises(StudyError, match="`eos_192` learns: it is not a fixed space"):
+        study_spaces(spaces, "eos_study", corners=("eos_192",))
+    with pytest.raises(StudyError, match="`sparsevlm` learns nothing"):
+        study_spaces(spaces, "eos_study", ablations=("sparsevlm",))
 
 
 def test_every_schedule_meets_the_budget_and_is_measured(study) -> None:
     out, entries, _ = study
-    assert [(e.kind, e.method) for e in entries] == [("dense", "dense"), ("search", "eos_study"),
-                                                       ("baseline", "fastv"), ("baseline", "tome")]
+    assert [(e.kind, e.method, e.seed) for e in entries] == [
+        ("dense", "dense", None), ("search", "eos_study", 0), ("search", "eos_study", 1), ("baseline", "fastv", None),
+        ("baseline", "tome", None), ("corner", "corner_prune_projector", None), ("random", "random_projector", None),
+        ("ablation", "eos_llava_gates_open", 0)]
     dense = entries[0]
     for entry in entries[1:]:
         assert entry.error is None, entry.error
@@ -63,7 +76,15 @@ def test_every_schedule_meets_the_budget_and_is_measured(study) -> None:
         assert set(entry.accuracy) == {"overall", *FAMILIES}
         assert 0 < entry.gflops < dense.gflops  # fewer tokens, fewer counted FLOPs
         assert any(site["active"] for site in entry.sites)
-    assert search_dir(out, 0.5).joinpath("schedule.json").is_file()
+    for entry in entries:
+        assert len(entry.hits) == EXAMPLES and 100 * entry.hits.count("1") / EXAMPLES == pytest.approx(entry.accuracy["overall"])
+    for entry in (e for e in entries if e.kind in ("search", "ablation")):
+        assert {"size", "moves", "expected_met", "val_rounded", "val_schedule"} <= set(entry.repair)
+    assert "seed 1" in entries[2].setting and entries[1].sites != [] and entries[2].sites != []
+    for seed, name in ((0, None), (1, None), (0, "eos_llava_gates_open")):
+        assert search_dir(out, 0.5, seed, name).joinpath("schedule.json").is_file()
+    opened = json.loads(search_dir(out, 0.5, 0, "eos_llava_gates_open").joinpath("schedule.json").read_text())
+    assert all(site["active"] for site in opened["sites"])  # the ablation's gates are fixed open
 
 
 def test_dense_row_matches_an_independent_evaluation(study) -> None:
@@ -74,18 +95,37 @@ def test_dense_row_matches_an_independent_evaluation(study) -> None:
 
 def test_files_are_written_and_consistent(study) -> None:
     out, entries, paths = study
-    assert [p.name for p in paths] == ["results.json", "table.md", "pareto.png", "patterns.png"]
+    assert [p.name for p in paths] == ["results.json", "comparison.json", "table.md", "pareto.png", "patterns.png"]
     results = json.loads((out / "results.json").read_text())
     assert [e["method"] for e in results["entries"]] == [e.method for e in entries]
-    assert results["budgets"][0]["budget"] == 0.5
-    best = max(entries[2:], key=lambda e: e.accuracy["overall"])
-    assert results["budgets"][0]["best_baseline"] == best.method
-    assert results["budgets"][0]["margin"] == pytest.approx(entries[1].accuracy["overall"] - best.accuracy["overall"])
     table = (out / "table.md").read_text()
     for entry in entries[1:]:
         assert f"{entry.accuracy['overall']:.1f}" in table and entry.method in table
-    searched, dense = entries[1].accuracy["overall"], entries[0].accuracy["overall"]
-    assert f"| **eos_study** | {searched:.1f} |" in table and f"| dense (100%) | {dense:.1f} |" in table  # the matrix
+    searched = (entries[1].accuracy["overall"] + entries[2].accuracy["overall"]) / 2
+    dense = entries[0].accuracy["overall"]
+    assert f"| **eos_study** | search | {searched:.1f} |" in table and f"| dense (100%) | dense | {dense:.1f} |" in table
+
+
+def test_comparison_json_reads_back_against_the_rows_hits(study) -> None:
+    out, entries, _ = study
+    (budget,) = json.loads((out / "comparison.json").read_text())
+    assert budget["budget"] == 0.5 and budget["dense"] == pytest.approx(entries[0].accuracy["overall"] / 100)
+    rows = {row["name"]: row for row in budget["rows"]}
+    assert [(row["name"], row["kind"]) for row in budget["rows"]] == [
+        ("eos_study", "search"), ("fastv", "baseline"), ("tome", "baseline"), ("corner_prune_projector", "corner"),
+        ("random_projector", "random"), ("eos_llava_gates_open", "ablation")]
+    seeds = [entries[1].accuracy["overall"] / 100, entries[2].accuracy["overall"] / 100]
+    assert rows["eos_study"]["seeds"] == pytest.approx(seeds) and rows["eos_study"]["accuracy"] == pytest.approx(sum(seeds) / 2)
+    others = [e for e in entries if e.kind in ("baseline", "corner", "random")]
+    best = max(others, key=lambda e: e.accuracy["overall"])
+    versus = budget["search_vs_best"]
+    assert versus["best_other"] == best.method and versus["examples"] == EXAMPLES
+    per_example = [(int(a) + int(b)) / 2 - int(c) for a, b, c in zip(entries[1].hits, entries[2].hits, best.hits)]
+    assert versus["diff"] == pytest.approx(sum(per_example) / EXAMPLES)
+    low, high = versus["ci95"]
+    assert low <= versus["diff"] <= high
+    assert versus["verdict"] == ("beats" if low > 0 else "loses" if high < 0 else "ties")
+    assert versus["verdict"] in (out / "table.md").read_text()
     for name in ("pareto.png", "patterns.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
@@ -94,13 +134,11 @@ def test_a_finished_search_is_reused_and_a_foreign_one_refused(study, tmp_path: 
     out, entries, _ = study
     log = tmp_path / "log.txt"
     with log.open("w") as stream:
-        again, _ = run_study(_plan(out), Console(file=stream, width=200), "test")
+        again, _, _ = run_study(_plan(out), Console(file=stream, width=200), "test")
     assert "reusing the finished search" in log.read_text()
     assert again[1].accuracy == entries[1].accuracy
     with pytest.raises(StudyError, match="other arguments"):
-        plan = _plan(out)
-        run_study(StudyPlan(plan.search_space, plan.baselines, plan.budgets, plan.model, "embedded:shapes_vqa[:64]",
-                            out, plan.options, EXAMPLES), Console(file=open("/dev/null", "w")), "test")
+        run_study(_plan(out, data="embedded:shapes_vqa[:64]"), Console(file=open("/dev/null", "w")), "test")
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,4 +150,8 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--examples", "0", *common]) == 2
     assert "argument --examples: expected a whole number >= 1, got 0" in capsys.readouterr().err
     assert main(["study", str(tmp_path / "missing.deos"), "--search", "eos_study", *common]) == 1
+    capsys.readouterr()
+    assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--corners", "eos_study", *common]) == 1
+    assert "`eos_study` learns: it is not a fixed space" in capsys.readouterr().err
+    assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--seeds", "0", *common]) == 2
     assert not (tmp_path / "o").exists()  # nothing written on bad input
