@@ -22,7 +22,10 @@ Per step `s` of `S` (temperature `T_s` from the policy's `anneal`, `relaxation.a
    `-d objective / d c` of every learned keep ratio is updated (running mean, decay 0.9, for
    the discretiser's repair), the penalty gradient is added, the optimiser steps
    (the policy's adam / adamw / sgd at its `lr`), and the multipliers ascend
-   (`mu <- max(0, mu + eta * g)`).
+   (`mu <- max(0, mu + eta * g)`);
+5. deciding (`relaxation.py`): from the midpoint the penalty of step 2 also holds the hinge that
+   pushes every learned gate to the side it is on, and in the last quarter the keep logits are
+   projected after the step so that every upper limit's EXPECTED value meets its target.
 The main process logs each step (`log.py`), checkpoints every `checkpoint_every` steps and at
 the end (`checkpoint.py`), then discretises (`discretise.py`), validates (`validate.py`) and
 writes the result and the plots. On CUDA both forwards run under bf16 autocast. The peak memory
@@ -400,7 +403,7 @@ class Search:
         return high
 
     def _undecided(self) -> Tensor:
-        """`sum_g undecided(p_g)` over the learned gates (a 0-d tensor; 0 without any)."""
+        """`sum_g undecided(alpha_g)` over the learned gates (a 0-d tensor; 0 without any)."""
         terms = [undecided(m.alpha).sum() for m in self.graph.modules.values() if m.gate_param.learned]
         return torch.stack(terms).sum() if terms else torch.zeros((), device=self.device)
 
