@@ -81,16 +81,16 @@ def run_study(plan: StudyPlan, console: Console, command: str) -> tuple[list[Ent
             "command": command}
     started = time.perf_counter()
 
-    def save(entries: list[Entry]) -> None:
+    def save(entries: list[Entry]) -> list[dict[str, Any]]:
         meta["seconds"] = round(time.perf_counter() - started, 1)
         comparison = comparison_json(entries)
         write_json(plan.out / RESULTS, results_json(entries, meta, comparison))
         write_json(plan.out / COMPARISON, comparison)
         write_text_atomically(plan.out / TABLE, table_markdown(entries, meta, comparison))
+        return comparison
 
     entries = Study(plan, console).run(save)
-    save(entries)
-    comparison = comparison_json(entries)
+    comparison = save(entries)
     paths = [plan.out / RESULTS, plan.out / COMPARISON, plan.out / TABLE]
     for plot, name in ((plot_pareto, PARETO), (plot_patterns, PATTERNS)):
         write_atomically(plan.out / name, lambda temp, plot=plot: plot(entries, temp))

@@ -16,7 +16,7 @@ from rich.table import Table
 from deos_dsl.embedded.vqa import FAMILIES
 
 from .notes import notes_markdown
-from .run import DENSE, SEARCH, Entry, budget_label
+from .run import ABLATION, DENSE, SEARCH, Entry, budget_label
 
 SHARE_FLOORS = {0.33: 97.0, 0.11: 93.0}  # budget -> % of dense accuracy the search keeps at least
 
@@ -70,7 +70,7 @@ def _row(entry: Entry) -> str:
         tokens = "-" if entry.tokens_mean is None else f"{entry.tokens_mean * 100:.2f}%"
         cells = [tokens, _number(entry.gflops, 4), _number(entry.accuracy["overall"])]
         cells += [_number(entry.accuracy[f]) for f in FAMILIES]
-        cells.append(entry.setting if not entry.sites or entry.kind not in (SEARCH, "ablation") else f"{entry.setting}; {entry.pattern}")
+        cells.append(entry.setting if not entry.sites or entry.kind not in (SEARCH, ABLATION) else f"{entry.setting}; {entry.pattern}")
     return "| " + " | ".join([budget, entry.kind, name, *cells]) + " |"
 
 

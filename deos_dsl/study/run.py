@@ -162,7 +162,7 @@ class Study:
         self.done += 1
         self.console.print(f"[{self.done}/{self.total}] {what}", highlight=False, markup=False)
 
-    def run(self, save: Callable[[list[Entry]], None]) -> list[Entry]:
+    def run(self, save: Callable[[list[Entry]], object]) -> list[Entry]:
         """Every entry of the plan, in order; `save(entries so far)` runs after each budget."""
         self._announce("dense model")
         entries = [self._measure(Entry("dense", DENSE, None, tokens_mean=1.0, setting="no reduction"),
