@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from deos_dsl import __version__
 from deos_dsl.errors import DeosError, FileAccessError, SpaceError
@@ -330,7 +331,7 @@ DEFAULT_MODEL = "embedded:llava"  # `compiler.models.LLAVA`, named here so that 
 MODEL_HELP = ("embedded:llava (the shipped HF LLaVA), embedded (the shipped small classifier), a checkpoint directory "
               "(save_pretrained), hf:ORG/NAME (local HF cache, offline), hf:<Architecture> (tiny random config) or "
               "module:pkg.mod:factory")
-DATA_HELP = ("embedded (or embedded:shapes_vqa[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
+DATA_HELP = ("embedded (or embedded:shapes_vqa{FAMILY,...}[:N]), a JSONL file of {image, prompt, answer} (or a directory holding "
              "data.jsonl), or module:pkg.mod:factory")
 DTYPE_HELP = ("a checkpoint's dtype: auto (default: bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or "
               "float16")
@@ -413,6 +414,42 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
     _print_lines(target_lines(comparison), out)
     out.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
     return EXIT_OK
+
+
+def cmd_patterns(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deos_dsl.files import write_atomically, write_text_atomically
+    from deos_dsl.study.consistency import consistency, read_pattern
+    from deos_dsl.study.plots import plot_consistency
+
+    result = consistency([read_pattern(Path(directory)) for directory in args.searches])
+    table = Table(title="operator patterns: pairs of searches (inside: same data, the seeds' yardstick)")
+    for column in ("a", "b", "inside", "same open/closed", "token gap (log2)", "same regime", "gamma gap", "verdict"):
+        table.add_column(column)
+    def shown(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    for pair in result["pairs"]:
+        table.add_row(pair["a"], pair["b"], "yes" if pair["inside"] else "no", shown(pair["same_active"], ".0%"),
+                      shown(pair["token_gap"], ".2f"), shown(pair["same_regime"], ".0%"), shown(pair["gamma_gap"], ".2f"),
+                      pair.get("verdict", "-"))
+    out.print(table)
+    across = [pair for pair in result["pairs"] if not pair["inside"]]
+    agreeing = sum(pair["verdict"] == "agrees" for pair in across)
+    verdict = "agree" if result["consistent"] else "differ"
+    out.print(f"patterns across {len(result['groups'])} data groups: they {verdict} ({agreeing} of {len(across)} pairs "
+              "across groups within the seeds' yardstick)", highlight=False, markup=False)
+    target = Path(args.out)
+    target.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(target / "consistency.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
+    write_atomically(target / "consistency.png", lambda temp: plot_consistency(result, temp))
+    out.print(f"wrote {target / 'consistency.json'}, {target / 'consistency.png'}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def patterns_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("searches", nargs="+", metavar="DIR",
+                        help="finished searches of one space at one budget, on two or more --data specs")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where consistency.json and consistency.png go")
 
 
 def study_arguments(study_p: argparse.ArgumentParser) -> None:
@@ -511,6 +548,8 @@ COMMANDS = (
             evaluate_arguments, cmd_evaluate),
     Command("study", "search a space and fit every baseline at several token budgets; results table, Pareto plot "
             "and operator patterns", study_arguments, cmd_study),
+    Command("patterns", "do searches on different data discover the same operator pattern? pairs, verdict, plot",
+            patterns_arguments, cmd_patterns),
     Command("data", "write the shipped benchmark as a JSONL dataset (images as PNG)", data_arguments, cmd_data),
     Command("schema", "print the JSON schema of the IR", no_arguments, cmd_schema),
 )

@@ -191,8 +191,9 @@ def relative_error(want: torch.Tensor, got: torch.Tensor) -> float:
     """`max |want - got|` relative to `want`'s largest magnitude (inf where NaN; 0 when empty)."""
     if not want.numel():
         return 0.0
-    scale = want.double().abs().max().clamp_min(1e-6)
-    return float(((want.double() - got.double()).abs().max() / scale).nan_to_num(float("inf")))
+    want, got = want.detach().double(), got.detach().double()
+    scale = want.abs().max().clamp_min(1e-6)
+    return float(((want - got).abs().max() / scale).nan_to_num(float("inf")))
 
 
 def eager_mismatch(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

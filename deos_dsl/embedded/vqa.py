@@ -209,6 +209,16 @@ _ASK = {"count": _ask_count, "attribute": _ask_attribute, "exist": _ask_exist,
         "relation": _ask_relation, "compare": _ask_compare}
 
 
+def family_indices(positions: list[int], families: tuple[str, ...] | None) -> list[int]:
+    """The example indices of `positions` counted among the examples of `families` only (all of
+    them: None, the indices unchanged). `make_example` gives index i the family
+    `FAMILIES[i % 5]`, so position k is cycle k // len(families), slot k % len(families)."""
+    if families is None:
+        return list(positions)
+    slots = sorted(FAMILIES.index(name) for name in families)
+    return [cycle * len(FAMILIES) + slots[slot] for cycle, slot in (divmod(k, len(slots)) for k in positions)]
+
+
 def make_example(split: str, index: int, seed: int = 0) -> Example:
     """The deterministic example ``index`` of ``split`` (family ``FAMILIES[index % 5]``)."""
     family = FAMILIES[index % len(FAMILIES)]

@@ -10,7 +10,8 @@ Input is bounded and confined:
 - an `import` resolves, symlinks followed, inside the root file's folder, the bundled spaces
   (`deos_dsl.spaces`) or a folder of `DEOS_IMPORT_PATH` (`os.pathsep`-separated; the CLI's
   `--import-path`); any other path is refused before it is opened (a space file must not
-  read, nor quote, files it was not given).
+  read, nor quote, files it was not given). A relative import is looked for beside the
+  importing file first, then in the bundled spaces and the import-path folders, in order.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ def _inside(target: Path, roots: list[Path]) -> bool:
     return any(resolved.is_relative_to(root) for root in roots)
 
 
+def _resolve_import(importer: Path, written: str, roots: list[Path]) -> Path:
+    """The file `import "written"` in `importer` names: beside the importer when it is there (or
+    the path is absolute), else in the first further root (`import_roots` after the root file's
+    folder: the bundled spaces, then `DEOS_IMPORT_PATH` in order) that holds it inside the roots,
+    else beside the importer (then reported as not found, or as leaving the roots)."""
+    beside = importer.parent / written
+    if Path(written).is_absolute() or _is_file(beside):
+        return beside
+    found = (root / written for root in roots[1:] if _inside(root / written, roots) and _is_file(root / written))
+    return next(found, beside)
+
+
 def _load(program: Program, path: Path, text: str | None, stack: list[str], roots: list[Path]) -> None:
     name = _display(path)
     try:
@@ -144,7 +157,7 @@ def _load(program: Program, path: Path, text: str | None, stack: list[str], root
     program.diagnostics.extend(diagnostics)
     program.imports[name] = []
     for imp in module.imports:
-        target = path.parent / imp.path
+        target = _resolve_import(path, imp.path, roots)
         target_name = _display(target)
         if target_name in stack or target_name == name:
             cycle = " -> ".join([*stack[stack.index(target_name):], name, target_name] if target_name in stack else [name, name])
@@ -160,7 +173,9 @@ def _load(program: Program, path: Path, text: str | None, stack: list[str], root
             continue
         if not _is_file(target):
             found = "is a directory, not a .deos file" if target.is_dir() else "not found"
-            report(program.diagnostics, imp, f"imported file `{imp.path}` {found}", f"looked for {target_name}")
+            report(program.diagnostics, imp, f"imported file `{imp.path}` {found}",
+                   f"looked for {target_name}" + ("" if Path(imp.path).is_absolute() else
+                                                  ", then in the bundled spaces and the --import-path folders"))
             program.imports[name].remove(target_name)
             continue
         _load(program, target, None, [*stack, name], roots)

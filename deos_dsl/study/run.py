@@ -17,12 +17,20 @@ which of the fixed test examples it answers right (`hits`, kept for the paired i
 pattern (`pattern.py`); a search's row also carries how far discretisation's repair moved its
 schedule (`repair`, from its `schedule.json`). The dense model is measured once. The study's
 files are rewritten (atomically) after every budget, so an interrupted study keeps what it measured.
+
+Every measured row is kept in a row file (`OUT/dense.json`,
+`OUT/budget-B/rows/NAME.json`; a search's in its directory, `row.json`, keyed by its
+`schedule.json` too) with what determines them (the space's structure, budget, model,
+data and number of test examples). A rerun reuses a row whose file matches, as it reuses a
+finished search, so a study can be extended by a budget, a seed or a row without redoing the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +40,7 @@ from rich.console import Console
 from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.data import Encoded
 from deos_dsl.errors import DeosError, StudyError
+from deos_dsl.files import write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.measure import EmittedSizes, Subject, hits_and_flops, load_searched
 from deos_dsl.pipeline.emit import Emitted, compile_emitted
@@ -44,6 +53,7 @@ from .pattern import is_hybrid, pattern_text, site_pattern
 
 SEARCH, DENSE, BASELINE, CORNER, RANDOM, ABLATION = "search", "dense", "baseline", "corner", "random", "ablation"
 FIXED_KINDS = (BASELINE, CORNER, RANDOM)
+SEARCH_ROW = "row.json"  # a search's measured row, in its directory
 MEASURE_CHUNK = 50  # examples per call of an emitted graph exported at a fixed batch size
 
 
@@ -75,6 +85,11 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         return dict(asdict(self), pattern=self.pattern)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entry:
+        """The entry `to_json` wrote (its derived `pattern` dropped)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def repair_report(schedule: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +155,12 @@ def with_seed(space: ir.Space, offset: int) -> ir.Space:
     return space.model_copy(update={"policy": policy.model_copy(update={"seed": ir.Num(value=policy.seed.value + offset)})})
 
 
+def row_file(out: Path, budget: float | None, name: str) -> Path:
+    """Where the study keeps a measured row (module docstring): `OUT/dense.json` for the dense
+    model (`budget` None), `OUT/budget-B/rows/NAME.json` for a fixed row."""
+    return out / "dense.json" if budget is None else out / f"budget-{budget * 100:g}" / "rows" / f"{name}.json"
+
+
 def search_dirs(out: Path) -> list[Path]:
     """The study's first-seed search directories under `out` (`search_dir`), largest budget first."""
     return sorted(out.glob("budget-*/search"), key=lambda d: float(d.parent.name.removeprefix("budget-")), reverse=True)
@@ -165,8 +186,8 @@ class Study:
     def run(self, save: Callable[[list[Entry]], object]) -> list[Entry]:
         """Every entry of the plan, in order; `save(entries so far)` runs after each budget."""
         self._announce("dense model")
-        entries = [self._measure(Entry("dense", DENSE, None, tokens_mean=1.0, setting="no reduction"),
-                                 Subject.of(self.loaded.model), None)]
+        dense = Entry("dense", DENSE, None, tokens_mean=1.0, setting="no reduction")
+        entries = [self._kept(dense, None, lambda: self._measure(dense, Subject.of(self.loaded.model), None))]
         plan = self.plan
         for budget in plan.budgets:
             entries.extend(self._searched(plan.search_space, budget, seed) for seed in range(plan.seeds))
@@ -178,7 +199,7 @@ class Study:
 
     def _searched(self, space: ir.Space, budget: float, seed: int, ablation: bool = False) -> Entry:
         """Search (or reuse the finished search of) `space` at `budget` with its policy seed
-        raised by `seed`, then measure it."""
+        raised by `seed`, then measure it (or reuse its row file, keyed by its schedule too)."""
         space = with_seed(budget_space(space, budget), seed)
         entry = Entry(space.name, ABLATION if ablation else SEARCH, budget, seed)
         out = search_dir(self.plan.out, budget, seed, space.name if ablation else None)
@@ -186,18 +207,31 @@ class Study:
         started = time.perf_counter()
         try:
             steps = self._search(space, out)
-            searched = load_searched(out, self.loaded)
         except StudyError:
             raise
         except DeosError as error:
-            entry.error = failure_reason(error)
-            self.console.print(f"  failed: {entry.error}", highlight=False, markup=False)
-            return entry
+            return self._failed(entry, error)
+        digest = hashlib.sha256((out / SCHEDULE).read_bytes()).hexdigest()
+        return self._kept(entry, space, lambda: self._load_and_measure(entry, space, out, steps, started),
+                          out / SEARCH_ROW, {"schedule": digest})
+
+    def _load_and_measure(self, entry: Entry, space: ir.Space, out: Path, steps: int, started: float) -> Entry:
+        """Measure the search of `space` finished in `out` after `steps` steps (begun at `started`)."""
+        try:
+            searched = load_searched(out, self.loaded)
+        except DeosError as error:
+            return self._failed(entry, error)
         entry.seconds = time.perf_counter() - started
         entry.tokens_mean = searched.tokens_mean
         entry.setting = f"searched, {steps} steps, seed {int(number(space.policy.seed))}"  # type: ignore[union-attr]
         entry.repair = repair_report(read_schedule(out)[0])
         return self._measure(entry, searched.sizes.subject(), searched.emitted)
+
+    def _failed(self, entry: Entry, error: DeosError) -> Entry:
+        """`entry` with the reason its search failed (printed)."""
+        entry.error = failure_reason(error)
+        self.console.print(f"  failed: {entry.error}", highlight=False, markup=False)
+        return entry
 
     def _search(self, space: ir.Space, out: Path) -> int:
         """Run the search into `out` unless a finished one with the same arguments is there;
@@ -213,10 +247,38 @@ class Study:
                          resume=out.is_dir() and any(out.iterdir()), console=self.console)
         return outcome.steps_done
 
+    def _kept(self, entry: Entry, space: ir.Space | None, measure: Callable[[], Entry], path: Path | None = None,
+              also: dict[str, str] | None = None) -> Entry:
+        """The row `entry` (of `space`; None: dense) read back from its row file (`path`, default
+        `row_file`) when that holds the same row measured the same way (`also`: more of what
+        determines it), else `measure()`, written there."""
+        path = path or row_file(self.plan.out, entry.budget, entry.method)
+        key = {"space": None if space is None else space.structure(), "kind": entry.kind, "budget": entry.budget,
+               "model": self.plan.model, "data": self.plan.data, "examples": self.plan.examples, **(also or {})}
+        if path.is_file():
+            try:
+                kept = json.loads(path.read_text(encoding="utf-8"))
+                reused = Entry.from_json(kept["entry"]) if kept["key"] == key else None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+                raise StudyError(f"{path}: unreadable row file ({type(error).__name__}: {error})",
+                                 "delete it to measure the row again") from None
+            if reused is not None:
+                self.console.print(f"  reusing the row in {path}", highlight=False, markup=False)
+                return reused
+        measured = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps({"key": key, "entry": measured.to_json()}, indent=1) + "\n")
+        return measured
+
     def _fitted(self, space: ir.Space, budget: float, kind: str) -> Entry:
-        """Fit the fixed `space` (a row of `kind`) to `budget`, compile it and measure it."""
+        """Fit the fixed `space` (a row of `kind`) to `budget`, compile it and measure it (or
+        reuse its row file)."""
         entry = Entry(space.name, kind, budget)
         self._announce(f"budget {budget_label(budget)}: {kind} `{space.name}`")
+        return self._kept(entry, space, lambda: self._fit_and_measure(entry, space, budget))
+
+    def _fit_and_measure(self, entry: Entry, space: ir.Space, budget: float) -> Entry:
+        """Fit `space` to `budget`, compile and measure it into `entry` (the reason where it cannot)."""
         started = time.perf_counter()
         try:
             fitted = fit_baseline(space, budget, self.loaded)

@@ -1,7 +1,8 @@
 """deos_dsl.tasks: the task protocol (`base.Task`) and the `--data` specs that make one.
 
 `make_task(data, loaded)`:
-- `embedded`, `embedded:shapes_vqa`, `embedded:shapes_vqa[:N]`: the procedural benchmark, through
+- `embedded`, `embedded:shapes_vqa`, `embedded:shapes_vqa[:N]`, `embedded{count,compare}` (only
+  those question families; `embedded:shapes_vqa{FAMILY,...}[:N]`): the procedural benchmark, through
   the model's processor (a checkpoint such as `embedded:llava`: `ProceduralChatSource`), or on
   the shipped classifier (or a model with its inputs and answers: `check_shapes_vqa`);
 - `FILE.jsonl` (or a directory holding `data.jsonl`): a user dataset (`deos_dsl.data`), read and
@@ -21,7 +22,7 @@ import torch
 
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.data import ChatEncoder, Example, VQAEncoder, read_jsonl
-from deos_dsl.embedded.vqa import ANSWERS, IMAGE_SIZE, QUESTION_LEN
+from deos_dsl.embedded.vqa import ANSWERS, FAMILIES, IMAGE_SIZE, QUESTION_LEN
 from deos_dsl.errors import DataError
 
 from .base import ANSWER_LOSSES, ExampleSource, Source, Task
@@ -31,8 +32,8 @@ from .language import LanguageTask, ProceduralChatSource
 __all__ = ["ANSWER_LOSSES", "ClassifierTask", "ExampleSource", "LanguageTask", "ProceduralChatSource", "ProceduralSource", "Source", "Task",
            "check_shapes_vqa", "make_task"]
 
-EMBEDDED = re.compile(r"embedded(?::shapes_vqa(?:\[:(\d+)\])?)?\Z")
-FORMS = ("`embedded` (or `embedded:shapes_vqa[:N]`), a JSONL file (or a directory holding data.jsonl), "
+EMBEDDED = re.compile(r"embedded(?::shapes_vqa)?(?:\{([^}]*)\})?(?:\[:(\d+)\])?\Z")
+FORMS = ("`embedded` (or `embedded:shapes_vqa{FAMILY,...}[:N]`), a JSONL file (or a directory holding data.jsonl), "
          "or `module:pkg.mod:factory`")
 
 
@@ -53,6 +54,18 @@ def check_shapes_vqa(loaded: LoadedModel, data: str) -> None:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(f"model `{loaded.name}` answers with {shape}, not logits over the {len(ANSWERS)} "
                         "shapes-VQA answers", hint)
+
+
+def _families(listed: str | None, data: str) -> tuple[str, ...] | None:
+    """The question families `{a,b}` of an embedded data spec selects (None: every family)."""
+    if listed is None:
+        return None
+    names = tuple(name.strip() for name in listed.split(",")) if listed.strip() else ()
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        problem = f"unknown question family `{unknown[0]}`" if unknown else "no question family in `{}`"
+        raise DataError(f"data `{data}`: {problem}", f"list some of {', '.join(FAMILIES)}, e.g. `embedded{{count,compare}}`")
+    return tuple(dict.fromkeys(names))
 
 
 def _from_factory(data: str) -> list[Example] | Task:
@@ -80,13 +93,14 @@ def make_task(data: str, loaded: LoadedModel) -> Task:
     """The task of `--data data` on `loaded` (module docstring); raises `DataError`."""
     match = EMBEDDED.match(data)
     if match is not None:
-        limit = int(match.group(1)) if match.group(1) else None
+        only = _families(match.group(1), data)
+        limit = int(match.group(2)) if match.group(2) else None
         if limit == 0:
             raise DataError(f"data `{data}` selects no example", "N in `[:N]` must be positive")
         if loaded.processor is not None:
-            return LanguageTask(ProceduralChatSource(loaded.processor, limit, loaded.prelude), data)
+            return LanguageTask(ProceduralChatSource(loaded.processor, limit, loaded.prelude, only), data)
         check_shapes_vqa(loaded, data)
-        return ClassifierTask(ProceduralSource(limit), data)
+        return ClassifierTask(ProceduralSource(limit, only), data)
     if data.startswith("module:"):
         made = _from_factory(data)
         return made if isinstance(made, Task) else _examples_task(made, loaded, data)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deos_dsl.data import IGNORE, ChatEncoder, Encoded, shapes_vqa_example
-from deos_dsl.embedded.vqa import FAMILIES, SPLITS
+from deos_dsl.embedded.vqa import FAMILIES, SPLITS, family_indices
 
 from .base import ANSWER_LOSSES, Source, Task
 
@@ -33,23 +33,25 @@ class ProceduralChatSource(Source):
     TRAIN examples by index (cycling through the first `limit` when given), evaluation the first
     examples of VAL or TEST; images in memory, nothing written. Every batch is padded to one
     length (the longest of the first `PROBE` examples of every split plus `SLACK`; a longer
-    example is refused by name), so a search sees one sequence length."""
+    example is refused by name), so a search sees one sequence length. Only the examples of `only`
+    (family names) when given (`family_indices`)."""
 
     families = FAMILIES
 
     def __init__(self, processor: Any, limit: int | None = None,
-                 prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-        self.processor, self.limit, self.prelude = processor, limit, prelude
+                 prelude: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 only: tuple[str, ...] | None = None) -> None:
+        self.processor, self.limit, self.prelude, self.only = processor, limit, prelude, only
         probe = [shapes_vqa_example(split, index) for split in SPLITS for index in range(PROBE)]
         self.length = ChatEncoder(processor, probe).length + SLACK
 
     def __len__(self) -> int:
         return self.limit or 2**62  # unbounded: fresh examples every step
 
-    def _encode(self, split: str, indices: list[int]) -> Encoded:
-        encoder = ChatEncoder(self.processor, [shapes_vqa_example(split, i) for i in indices], self.length, FAMILIES,
-                              self.prelude)
-        return encoder.batch(list(range(len(indices))))
+    def _encode(self, split: str, positions: list[int]) -> Encoded:
+        examples = [shapes_vqa_example(split, i) for i in family_indices(positions, self.only)]
+        encoder = ChatEncoder(self.processor, examples, self.length, FAMILIES, self.prelude)
+        return encoder.batch(list(range(len(positions))))
 
     def batch(self, indices: list[int]) -> Encoded:
         return self._encode("train", indices)

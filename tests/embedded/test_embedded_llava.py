@@ -128,6 +128,10 @@ def test_data_embedded_reads_the_benchmark_through_the_processor(shipped):
     batch = fixed_eval_batch("test", 100)
     theirs = answers(model, batch) == batch.answer  # an independent reading: float pixels, argmax answer word
     assert float((correct == theirs).float().mean()) >= 0.97
+    relation = make_task("embedded{relation}", loaded).eval_batch(20, "test")  # test examples 3, 8, 13, ...
+    rows = [i for i, family in enumerate(test.family.tolist()) if vqa.FAMILIES[family] == "relation"][:20]
+    assert len(rows) == 20 and torch.equal(relation.kwargs["input_ids"], test.kwargs["input_ids"][rows])
+    assert torch.equal(relation.kwargs["pixel_values"], test.kwargs["pixel_values"][rows])
 
 
 def test_the_flagship_search_runs_on_it_by_default(tmp_path: Path):

@@ -74,6 +74,24 @@ def test_an_import_leaving_the_allowed_folders_is_refused_before_reading(tmp_pat
     assert "not deos at all" in err and "import `/etc/passwd` leaves the folders" in err
 
 
+def test_a_relative_import_is_looked_for_beside_the_file_then_in_the_bundled_spaces_and_the_import_path(
+        tmp_path: Path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.deos").write_text(SPACE.replace("space s", "space shared_base"))
+    (tmp_path / "project").mkdir()
+    space = tmp_path / "project" / "space.deos"
+    space.write_text('import "base.deos"\nimport "common.deos"\n\nspace mine extends shared_base {}\n')
+    code, _, err = run("check", str(space))  # common.deos is bundled; base.deos is not allowed yet
+    assert code == 1 and "imported file `base.deos` not found" in err
+    assert "then in the bundled spaces and the --import-path folders" in err and "common.deos" not in err
+    code, out, err = run("check", str(space), "--import-path", str(tmp_path / "shared"))
+    assert code == 0, err
+    assert "ok" in out
+    (tmp_path / "project" / "base.deos").write_text("const K = 1\n")  # beside the file wins
+    code, _, err = run("check", str(space), "--import-path", str(tmp_path / "shared"))
+    assert code == 1 and "shared_base" in err
+
+
 def test_a_symlink_out_of_the_folder_is_refused_and_bundled_spaces_are_allowed(tmp_path: Path):
     outside = tmp_path / "outside.deos"
     outside.write_text("const K = 1\n")

@@ -1,11 +1,13 @@
 """The study end to end on a tiny plan: one budget, two baselines, a corner, random keep, a 2-step
 search with two seeds and one ablation, 50 test examples. Checks the files, the budgets met, the
 dense row against an independent evaluation, `comparison.json` read back against the rows' own
-hits, the reuse of a finished search and the refusal of a foreign one, and the CLI's errors."""
+hits, the reuse of a finished search and the refusal of a foreign one, the reuse of measured rows,
+and the CLI's errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from deos_dsl.errors import StudyError
 from deos_dsl.frontend import load_spaces
 from deos_dsl.search.loop import Options
 from deos_dsl.study import StudyPlan, run_study, study_spaces
-from deos_dsl.study.run import search_dir
+from deos_dsl.study.run import row_file, search_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_SPACE = ROOT / "benchmarks" / "study.deos"
@@ -139,6 +141,35 @@ def test_a_finished_search_is_reused_and_a_foreign_one_refused(study, tmp_path: 
     assert again[1].accuracy == entries[1].accuracy
     with pytest.raises(StudyError, match="other arguments"):
         run_study(_plan(out, data="embedded:shapes_vqa[:64]"), Console(file=open("/dev/null", "w")), "test")
+
+
+def test_a_rerun_reuses_every_measured_row_and_measures_a_changed_one_again(study, tmp_path: Path) -> None:
+    out, entries, _ = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    first, _, _ = run_study(_plan(copy), Console(file=open("/dev/null", "w")), "test")
+    assert [e.hits for e in first] == [e.hits for e in entries]
+    log = tmp_path / "log.txt"
+    with log.open("w") as stream:
+        again, _, _ = run_study(_plan(copy), Console(file=stream, width=300), "test")
+    assert again == first  # every row read back whole, its hits and timings too
+    assert log.read_text().count("reusing the row") == len(entries)
+    assert (copy / "dense.json").is_file() and (search_dir(copy, 0.5, 1) / "row.json").is_file()
+
+    fastv = row_file(copy, 0.5, "fastv")
+    kept = json.loads(fastv.read_text())
+    kept["key"]["examples"] = EXAMPLES - 1  # measured on other examples: not the same row
+    kept["entry"]["hits"] = "0" * EXAMPLES
+    fastv.write_text(json.dumps(kept))
+    with log.open("w") as stream:
+        again, _, _ = run_study(_plan(copy), Console(file=stream, width=300), "test")
+    assert log.read_text().count("reusing the row") == len(entries) - 1
+    assert [e.hits for e in again] == [e.hits for e in entries]
+    assert json.loads(fastv.read_text())["key"]["examples"] == EXAMPLES
+
+    fastv.write_text("{half a row")
+    with pytest.raises(StudyError, match="fastv.json: unreadable row file"):
+        run_study(_plan(copy), Console(file=open("/dev/null", "w")), "test")
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,6 @@
 """The `--data` specs of the shipped benchmark as tasks: parsing, batches that depend on the step
-alone, sharding over ranks, `[:N]` cycling, and the model check (shapes-VQA inputs and answers)."""
+alone, sharding over ranks, `[:N]` cycling, `{FAMILY,...}` selection, and the model check
+(shapes-VQA inputs and answers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from deos_dsl.compiler.models import resolve_model
 from deos_dsl.errors import DataError
+from deos_dsl.embedded.vqa import FAMILIES, fixed_eval_batch
 from deos_dsl.tasks import ClassifierTask, make_task
 
 EMBEDDED = resolve_model("embedded")
@@ -37,6 +39,35 @@ def test_a_limited_spec_cycles_through_its_first_n_examples():
     first = task.train_batch(0, 4)  # 0..3
     assert torch.equal(batch.args[1][2:], first.args[1][:2])
     assert torch.equal(batch.targets[2:], first.targets[:2])
+
+
+def test_a_family_spec_reads_exactly_those_examples_of_the_benchmark_in_order():
+    whole = make_task("embedded", EMBEDDED).eval_batch(40, "test")
+    chosen = (FAMILIES.index("count"), FAMILIES.index("compare"))
+    mine = whole.rows(0, 40).family.tolist()
+    wanted = [i for i, family in enumerate(mine) if family in chosen]  # an independent selection
+    task = make_task("embedded{compare, count}", EMBEDDED)
+    batch = task.eval_batch(len(wanted), "test")
+    assert batch.family.tolist() == [mine[i] for i in wanted]
+    assert torch.equal(batch.args[0], whole.args[0][wanted]) and torch.equal(batch.targets, whole.targets[wanted])
+    train = make_task("embedded", EMBEDDED).train_batch(0, 40)
+    ours = task.train_batch(0, len(wanted))
+    assert torch.equal(ours.args[1], train.args[1][wanted])
+    limited = make_task("embedded:shapes_vqa{exist}[:3]", EMBEDDED)
+    assert torch.equal(limited.train_batch(1, 3).args[1], limited.train_batch(0, 3).args[1])  # cycles through 3
+    assert set(limited.train_batch(0, 3).family.tolist()) == {FAMILIES.index("exist")}
+    assert set(task.accuracy(torch.ones(len(batch), dtype=torch.bool), batch)) == {"count", "compare", "overall"}
+    assert torch.equal(make_task("embedded", EMBEDDED).eval_batch(7, "val").targets, fixed_eval_batch("val", 7).answer)
+
+
+@pytest.mark.parametrize(("spec", "message", "hint"), [
+    ("embedded{}", "no question family", "list some of count, attribute"),
+    ("embedded{count,colour}", "unknown question family `colour`", "list some of count, attribute"),
+    ("embedded{count}[:0]", "selects no example", "must be positive")])
+def test_bad_family_specs_name_the_problem(spec: str, message: str, hint: str):
+    with pytest.raises(DataError, match=message) as error:
+        make_task(spec, EMBEDDED)
+    assert hint in (error.value.hint or "")
 
 
 def test_models_that_do_not_answer_shapes_vqa_are_refused():
