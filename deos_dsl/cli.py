@@ -433,11 +433,10 @@ def cmd_patterns(args: argparse.Namespace, out: Console, err: Console) -> int:
                       shown(pair["token_gap"], ".2f"), shown(pair["same_regime"], ".0%"), shown(pair["gamma_gap"], ".2f"),
                       pair.get("verdict", "-"))
     out.print(table)
-    across = [pair for pair in result["pairs"] if not pair["inside"]]
-    agreeing = sum(pair["verdict"] == "agrees" for pair in across)
     verdict = "agree" if result["consistent"] else "differ"
-    out.print(f"patterns across {len(result['groups'])} data groups: they {verdict} ({agreeing} of {len(across)} pairs "
-              "across groups within the seeds' yardstick)", highlight=False, markup=False)
+    out.print(f"patterns across {len(result['groups'])} data groups: they {verdict} (the mean pair across groups against "
+              f"the seeds' yardstick; {result['pairs_agreeing']} of {result['pairs_across']} pairs within it one by one)",
+              highlight=False, markup=False)
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
     write_text_atomically(target / "consistency.json", json.dumps(result, indent=1, allow_nan=False) + "\n")

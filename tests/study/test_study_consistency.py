@@ -50,10 +50,14 @@ def test_pairs_across_groups_are_judged_against_the_seeds_yardstick() -> None:
     assert len(inside) == 1 and "verdict" not in inside[0]
     assert result["yardstick"] == {"same_active": 1.0, "same_regime": 1.0, "token_gap": pytest.approx(1 / 3)}
     assert [p["verdict"] for p in result["pairs"] if not p["inside"]] == ["agrees", "agrees"]
-    assert result["consistent"] and result["groups"] == ["all", "count"]
+    assert result["consistent"] and result["groups"] == ["all", "count"] and result["pairs_agreeing"] == 2
     result = consistency([seed0, seed1, near, far])
-    assert not result["consistent"]
+    assert not result["consistent"] and (result["pairs_agreeing"], result["pairs_across"]) == (2, 5)
     assert {p["b"]: p["verdict"] for p in result["pairs"] if p["b"] == far.label} == {far.label: "differs"}
+    assert result["across_mean"]["same_active"] == pytest.approx((1 + 1 + 2 / 3 + 2 / 3 + 2 / 3) / 5)
+    slightly = run("count", 0, (72, 36, 6), (True, True, True), (0.8, 0.6, 0.5))  # 0.53 apart from seed0, 0.2 from seed1
+    result = consistency([seed0, seed1, near, slightly])
+    assert result["consistent"] and (result["pairs_agreeing"], result["pairs_across"]) == (3, 4)  # on average within
     json.dumps(result, allow_nan=False)  # NaN measures are written as null
 
 
