@@ -40,6 +40,7 @@ AGREES, DIFFERS = "agrees", "differs"
 AT_LEAST = ("same_active", "same_regime")  # agreement shares: larger is closer
 AT_MOST = ("token_gap",)  # distances: smaller is closer (gamma_gap is reported, not judged)
 MEASURES = ("same_active", "token_gap", "same_regime", "gamma_gap")
+IDENTICAL = {"same_active": 1.0, "token_gap": 0.0, "same_regime": 1.0}  # the yardstick without seeds
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,6 @@ def distance(a: RunPattern, b: RunPattern) -> dict[str, float]:
         "gamma_gap": sum(abs(x.gamma - y.gamma) for x, y in both) / len(both) if both else math.nan,
     }
 
-
-IDENTICAL = {"same_active": 1.0, "token_gap": 0.0, "same_regime": 1.0}
 
 
 def _yardstick(inside: list[dict[str, Any]]) -> dict[str, float]:
