@@ -417,7 +417,8 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_patterns(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from deos_dsl.files import write_atomically, write_text_atomically
+    from deos_dsl.files import write_atomically
+    from deos_dsl.search.result import write_json
     from deos_dsl.study.consistency import consistency, read_pattern
     from deos_dsl.study.plots import plot_consistency
 
@@ -439,7 +440,7 @@ def cmd_patterns(args: argparse.Namespace, out: Console, err: Console) -> int:
               highlight=False, markup=False)
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(target / "consistency.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
+    write_json(target / "consistency.json", result)
     write_atomically(target / "consistency.png", lambda temp: plot_consistency(result, temp))
     out.print(f"wrote {target / 'consistency.json'}, {target / 'consistency.png'}", highlight=False, markup=False)
     return EXIT_OK
