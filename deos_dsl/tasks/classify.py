@@ -42,8 +42,7 @@ class ProceduralSource(Source):
     def _examples(self, split: str, positions: list[int]) -> Encoded:
         items = [example_tensors(make_example(split, i)) for i in family_indices(positions, self.only)]
         pixels, question, answer, family = zip(*items)
-        return Encoded((torch.stack(pixels), torch.stack(question)), {}, torch.tensor(answer), torch.tensor(family),
-                       families=FAMILIES)
+        return encoded(VQABatch(torch.stack(pixels), torch.stack(question), torch.tensor(answer), torch.tensor(family)))
 
     def batch(self, indices: list[int]) -> Encoded:
         return self._examples("train", indices)
