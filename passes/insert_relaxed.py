@@ -4,10 +4,16 @@ For each site, in graph order: its `SiteModule` (`deos_dsl.compiler.site_module`
 `deos_dsl.compiler.sites.site_module`) is added as submodule `deos_site_<i>` and called on the site's stream, its score and features (pass 2)
 and the soft keep mask / sizes carried in from the previous site upstream; every other use of
 the stream reads the site's output `y` instead (`replace_all_uses_with` with a
-`delete_user_cb`, no self-loop). Carrying: within a block stack, site to site; from a
-projector site into the decoder stack, placed at the decoder's reducible span (the two spans
-must have the same length). A vision-encoder site's mask does not cross the projector (the
-relaxed search sees its merged values only; the emitted graph really removes the tokens).
+`delete_user_cb`, no self-loop). Carrying: within a block stack, site to site; across the
+projector, the mask / sizes / bias of the last site upstream, cut to that site's reducible span
+(`span_tokens`) and placed on the receiving one: a projector site's into the decoder's span (in
+the stream entering its first block), and, when the vision chain feeds the decoder
+(`BlockMap.vision_feeds_decoder`: a 1:1 projector), the last vision site's into a projector
+site (the projector's whole output) or, without one, into the decoder's span. The spans must
+have the same length (`DeosCompileError`). So a relaxed forward sees a vision site's reduction
+in the decoder as the emitted graph, which really removes the tokens, does (with the kept
+tokens at their original positions); at temperature 0 a site receiving a carried mask never
+keeps a token it marks removed (`ops.removed_last`).
 
 Masking: every attention node of a block whose attention the site precedes (a later block of
 its stack; its own block too when it sits `before` it, `BoundSite.precedes_attention`) gets
@@ -36,7 +42,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from deos_dsl.compiler.blocks import Block, BlockMap
 from deos_dsl.compiler.graph_edit import call_on_stream, insert_after, refresh
-from deos_dsl.compiler.masking import place_tokens
+from deos_dsl.compiler.masking import place_tokens, span_tokens
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.compiler.site_transfer import extra_tokens, fuse_refusal
 from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores, anchor_for, before_readers, bias_attention, bias_light, light_of
@@ -110,31 +116,51 @@ class InsertRelaxed(PassBase):
     def _carried(self, done: list[BoundSite], block: Block,
                  reaches: Callable[[BoundSite], bool]) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         """(mask, sizes, bias) of the latest done site that `reaches` `block` (its stream, or its
-        attention: `BoundSite.precedes_attention`), else of a projector site feeding its stack."""
+        attention: `BoundSite.precedes_attention`), else of the site feeding its stream across
+        the projector (`_feeder`), placed on it."""
         same = [s for s in done if reaches(s)]
         if same:
             outputs = self._outputs[same[-1].name]
             return outputs["mask"], outputs["sizes"], outputs["bias"]
-        projector = self.block_map.projector
-        decoder = self.block_map.stack("decoder")
-        from_projector = [s for s in done if projector is not None and s.block is projector]
-        if from_projector and decoder is not None and block.stack == decoder.prefix:
-            return self._placed(from_projector[-1], decoder.blocks[0])
-        return None
+        feeder = self._feeder(done, block)
+        return None if feeder is None else self._placed(feeder, block)
 
-    def _placed(self, site: BoundSite, first: Block) -> tuple[fx.Node, fx.Node, fx.Node]:
-        """The projector site's (mask, sizes, bias) placed on the decoder stream (built once)."""
-        key = f"{site.name}->decoder"
+    def _feeder(self, done: list[BoundSite], block: Block) -> BoundSite | None:
+        """The done site whose reduction enters `block` from upstream: for a decoder block the last
+        projector site, else the last vision site when the vision chain feeds the decoder
+        (`BlockMap.vision_feeds_decoder`: a 1:1 projector); for the projector that vision site."""
+        projector, decoder, vision = self.block_map.projector, self.block_map.stack("decoder"), self.block_map.stack("vision")
+        on_decoder = decoder is not None and block.stack == decoder.prefix
+        from_projector = [s for s in done if projector is not None and s.block is projector]
+        if on_decoder and from_projector:
+            return from_projector[-1]
+        if not (on_decoder or block is projector) or vision is None or not self.block_map.vision_feeds_decoder:
+            return None
+        from_vision = [s for s in done if s.block.stack == vision.prefix]
+        return from_vision[-1] if from_vision else None
+
+    def _placed(self, site: BoundSite, block: Block) -> tuple[fx.Node, fx.Node, fx.Node]:
+        """`site`'s (mask, sizes, bias) on its reducible span, carried onto the reducible span of
+        `block`'s role (built once per site and role): the decoder's, placed in the stream entering
+        its first block; the projector's, its whole output. The spans must have the same length."""
+        role = "projector" if block is self.block_map.projector else "decoder"
+        key = f"{site.name}->{role}"
         if key not in self._outputs:
-            span = self.block_map.spans.get("decoder")
-            width = self.scores[site.name].span
+            span, width = self.block_map.spans.get(role), self.scores[site.name].span
             if span is None or span[1] - span[0] != width[1] - width[0]:
-                raise DeosCompileError(f"site `{site.name}`: the projector's reducible span {width} does not map onto "
-                                       f"the decoder's {span}", "give both roles spans of the same length")
+                raise DeosCompileError(f"site `{site.name}`: its reducible span {width} does not map onto the {role}'s "
+                                       f"{span}", "give both roles spans of the same length")
             outputs = self._outputs[site.name]
-            placed, last = {}, first.entry
+            entry = self.block_map.stack("decoder").blocks[0].entry if role == "decoder" else None  # type: ignore[union-attr]
+            if entry is None and span != (0, int(block.shape[1])):
+                raise DeosCompileError(f"site `{site.name}`: the projector's reducible span {span} is not its whole "
+                                       f"output, so a vision site's reduction cannot be carried across it",
+                                       "leave the projector's span at its default (its whole output)")
+            placed, last = {}, entry or outputs[OUTPUTS[-1]]
             for name, fill in (("mask", 1.0), ("sizes", 1.0), ("bias", 0.0)):
-                last = placed[name] = insert_after(last, place_tokens, (outputs[name], first.entry, span[0], fill))
+                last = placed[name] = insert_after(last, span_tokens, (outputs[name], *width))
+                if entry is not None:
+                    last = placed[name] = insert_after(last, place_tokens, (placed[name], entry, span[0], fill))
             self._outputs[key] = placed
         placed = self._outputs[key]
         return placed["mask"], placed["sizes"], placed["bias"]

@@ -137,6 +137,14 @@ class BlockMap:
         """The stack playing `role` (`vision` / `decoder`), if the model has one."""
         return next((stack for stack in self.stacks if stack.role == role), None)
 
+    @property
+    def vision_feeds_decoder(self) -> bool:
+        """Whether the vision stack's reducible span is as long as the decoder's visual span
+        (a LLaVA-style 1:1 projector): the tokens a vision site leaves are the decoder's."""
+        vision, decoder = self.stack("vision"), self.stack("decoder")
+        lengths = {role: span[1] - span[0] for role, span in self.spans.items() if span is not None}
+        return vision is not None and decoder is not None and "vision" in lengths and lengths["vision"] == lengths.get("decoder")
+
     def role_lists(self) -> dict[str, list[Block]]:
         """`vision.layers` / `decoder.layers` / `projector` -> the blocks they index."""
         lists = {f"{stack.role}.layers": stack.blocks for stack in self.stacks if stack.role}

@@ -38,9 +38,15 @@ def key_logits(logits: Tensor, bias: Tensor) -> Tensor:
     return logits + bias.to(logits.dtype)[:, None, None, :]
 
 
+def span_tokens(values: Tensor, start: int, end: int) -> Tensor:
+    """The tokens `[start, end)` of per-token `values [B, N]`: a site's reducible span, carried
+    across the projector (a vision site's mask / sizes / bias without the encoder's CLS)."""
+    return values[:, start:end]
+
+
 def place_tokens(values: Tensor, stream: Tensor, start: int, fill: float) -> Tensor:
     """Per-token `values [B, n]` placed at `[start, start + n)` of `stream [B, N, D]`'s tokens,
-    `fill` elsewhere: carries a projector site's mask / sizes / bias into the decoder stream."""
+    `fill` elsewhere: carries a projector (or vision) site's mask / sizes / bias into the decoder stream."""
     b, n = values.shape
     before = values.new_full((b, start), fill)
     after = values.new_full((b, stream.shape[1] - start - n), fill)

@@ -9,7 +9,9 @@ Parameters, initialised from the space's IR (a resolved `ir.Site`); learned ones
   a fixed count (`64 tokens`, `drop 16 tokens`) stays a count of the tokens ENTERING the site;
 - regime: `gamma, nu, theta = lo + (hi - lo) * sigmoid(raw)`, `tau = exp(log tau)` on a log
   scale (sigmoid-bounded otherwise), `rho = softplus(raw)`, each clamped to its `[lo, hi]`.
-`temperature` (a buffer) is the soft top-k temperature; the search anneals it, `0` is the hard mask.
+`temperature` (a buffer) is the soft top-k temperature; the search anneals it, `0` is the hard mask:
+there a token the entering mask removed (0) ranks after every present one (`ops.removed_last`), so
+it takes no keep slot, as in the emitted graph, where it no longer exists.
 `gate_sample` (the search's hook, default None) replaces the gate `p` in `forward` when set:
 a relaxed sample, scalar or one per example `[B]` (`deos_dsl.search.relaxation`).
 `into` / `recycle` shape the operator's inputs as in `site_transfer`: `recycle` and
@@ -37,7 +39,7 @@ from deos_dsl.errors import DeosCompileError, Diagnostic
 from deos_dsl.frontend import ir
 from deos_dsl.frontend.regime import regime as regime_of
 from deos_dsl.frontend.vocab import SCORES
-from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce
+from deos_dsl.ops import LearnedScorer, Regime, attention_bias, relaxed_reduce, removed_last
 
 from .selectors import raise_diagnostics, report_at
 from .site_scores import grid_side
@@ -264,7 +266,9 @@ class SiteModule(nn.Module):
             scores = self.scorer(x)
         mask_v = mask_in[:, start:end]
         ratio = self.keep_ratio(mask_v.sum(dim=-1))
-        transfer = transfer_inputs(scores[:, start:end], ratio * (end - start), fuse=False, contextual=self.contextual,
+        span_scores = scores[:, start:end]  # hard (temperature 0): no keep slot for a token removed upstream
+        span_scores = torch.where(self.temperature > 0, span_scores, removed_last(span_scores, mask_v))
+        transfer = transfer_inputs(span_scores, ratio * (end - start), fuse=False, contextual=self.contextual,
                                    recycle=self.recycle, bipartite=self.bipartite, start=start,
                                    temperature=self.temperature)
         weights = mask_v if transfer.source_weights is None else mask_v * transfer.source_weights

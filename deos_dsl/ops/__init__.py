@@ -10,7 +10,7 @@ from deos_dsl.ops.params import NEG_BIAS, Regime
 from deos_dsl.ops.relaxed import RelaxedResult, relaxed_reduce
 from deos_dsl.ops.scores import (LearnedScorer, attention_from_query, bipartite_scores, hidden_norm, random_order, rater_scores,
                                  text_similarity)
-from deos_dsl.ops.select import ceil_count, keep_count, recycle_mask
+from deos_dsl.ops.select import ceil_count, keep_count, recycle_mask, removed_last
 from deos_dsl.ops.unified import HardResult, attention_bias, gather_tokens, reduce_tokens, valid_bias
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "rater_scores",
     "recycle_mask",
     "reduce_tokens",
+    "removed_last",
     "relaxed_reduce",
     "text_similarity",
     "valid_bias",

@@ -74,6 +74,15 @@ def normalise_scores(scores: Tensor) -> Tensor:
     return torch.where(ok, pos / torch.where(ok, mean, torch.ones_like(mean)), torch.ones_like(pos))
 
 
+def removed_last(scores: Tensor, present: Tensor) -> Tensor:
+    """`scores [B, n]` with every token already removed upstream (`present == 0`, a carried hard
+    mask) just below the lowest score of a present token: it ranks after every present token,
+    so no keep slot goes to it, and a row where nothing is removed is returned unchanged."""
+    lowest = torch.where(present > 0, scores, torch.inf).amin(dim=-1, keepdim=True)
+    below = torch.nextafter(lowest, torch.full_like(lowest, -torch.inf))
+    return torch.where(present > 0, scores, below)
+
+
 def hard_ranks(scores: Tensor) -> Tensor:
     """1-based ranks `[B, n]` (1 = highest score), ties to the lower index."""
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)

@@ -7,8 +7,8 @@ span, as the relaxed graph carries it, `passes/insert_relaxed.py`). The vision c
 decoder's when the model has both stacks and the vision encoder's reducible span is as long as
 the decoder's visual span (a LLaVA-style 1:1 projector; embedded: 144 = 144): the decoder's
 chain then starts with the count the vision chain leaves, the tokens the emitted graph passes
-on (the relaxed graph does not carry a vision site's mask across the projector, so a relaxed
-forward does not see that reduction; the constraints count it). Each site maps the count
+on (the relaxed graph carries that reduction across the projector: `passes/insert_relaxed.py`,
+`BlockMap.vision_feeds_decoder` deciding both). Each site maps the count
 ENTERING it to the count LEAVING it: discrete `keep` plus its extra tokens when active (else
 unchanged); expected `entering + E[z] * (kept(entering) - entering)` with `E[z]` the expected
 relaxed gate and `kept` the module's keep rule (`SiteModule.keep_ratio`: a ratio of the
@@ -173,13 +173,9 @@ class TokenFlow:
 
 
 def _feeds(block_map: BlockMap) -> dict[str, str]:
-    """`{decoder chain: vision chain}` when the vision encoder's reducible span is as long as
-    the decoder's visual span (a 1:1 projector), else `{}`."""
+    """`{decoder chain: vision chain}` on a 1:1 projector (`BlockMap.vision_feeds_decoder`), else `{}`."""
     vision, decoder = block_map.stack("vision"), block_map.stack("decoder")
-    lengths = {role: end - start for role, (start, end) in block_map.spans.items()}
-    if vision is None or decoder is None or "vision" not in lengths or lengths["vision"] != lengths.get("decoder"):
-        return {}
-    return {decoder.prefix: vision.prefix}
+    return {decoder.prefix: vision.prefix} if vision and decoder and block_map.vision_feeds_decoder else {}
 
 
 class Constraints:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from deos_dsl.ops import NEG_BIAS, Regime, recycle_mask, reduce_tokens, relaxed_reduce
+from deos_dsl.ops import NEG_BIAS, Regime, recycle_mask, reduce_tokens, relaxed_reduce, removed_last
 
 torch.set_num_threads(1)
 B, N, D = 2, 8, 3
@@ -225,3 +225,23 @@ def test_recycle_mask_keeps_the_best_share_of_the_dropped():
     torch.testing.assert_close(soft, hard, atol=1e-6, rtol=0)
     assert recycle_mask(scores, 20, 0.3).sum().item() == 40  # nothing dropped: nothing to recycle
     assert recycle_mask(scores, 0, 0.3).sum(dim=1).tolist() == [6.0, 6.0]  # all 20 dropped: 6 recycled
+
+
+@given(st.integers(1, 4), st.integers(2, 12), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_removed_tokens_rank_after_every_present_one_and_nothing_else_moves(b, n, seed):
+    """A token a carried hard mask removed (`present == 0`) scores just below the lowest present
+    token of its row; present tokens keep their scores bit for bit; a row without removals is
+    unchanged, and a row where everything was removed stays finite."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(b, n, generator=generator)
+    present = (torch.rand(b, n, generator=generator) < 0.6).float() * torch.rand(b, n, generator=generator).clamp_min(0.1)
+    present[0] = 1.0  # a row where nothing was removed
+    out = removed_last(scores, present)
+    assert torch.equal(out[present > 0], scores[present > 0])
+    assert torch.equal(out[0], scores[0])
+    assert torch.isfinite(out).all()
+    for row in range(b):
+        kept, gone = out[row][present[row] > 0], out[row][present[row] == 0]
+        if len(kept) and len(gone):
+            assert gone.max() < kept.min()

@@ -16,7 +16,11 @@ from deos_dsl.frontend import ir, load_spaces
 from deos_dsl.pipeline import bind_model, compile_emitted
 from deos_dsl.search.constraints import FlowSite, TokenFlow, discrete_leaving, expected_leaving
 from deos_dsl.search.discretise import allowed_keeps, site_retains
-from deos_dsl.search.graph import TRACERS, build_search_graph
+from deos_dsl.compiler.graph_edit import sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.masking import key_mask
+from deos_dsl.embedded.vqa import fixed_eval_batch
+from deos_dsl.search.graph import TRACERS, build_search_graph, installed
+from deos_dsl.search.validate import discrete_modules
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 VISUAL, CLS = 144, 1  # the embedded model's reducible visual tokens; the vision tower's CLS
@@ -96,3 +100,41 @@ def test_a_chain_without_a_feeder_starts_at_its_span() -> None:
     assert alone.through(halve)["decoder.layers.1@1"] == (144, 72)
     assert fed.mean_share(fed.through(halve)) == pytest.approx((72 + 72 + 36 + 36) / (4 * VISUAL))
     assert alone.mean_share(alone.through(halve)) == pytest.approx((144 + 144 + 72 + 72) / (4 * VISUAL))
+
+
+VISION_THEN = """import "{common}"
+
+space carried extends baseline {{
+  site vision.layers[1] {{ activate: on  retain: 50%  score: norm  operator: {vision} }}
+{after}}}
+"""
+RECEIVERS = {
+    "decoder": "  site decoder.layers[0] { activate: on  retain: 50%  score: attention(query: text)  operator: prune }\n",
+    "projector": "  site projector { activate: on  retain: 50%  score: norm  operator: prune }\n",
+    "none": "",
+}
+
+
+@pytest.mark.parametrize(("vision", "receiver"), [("prune", "decoder"), ("prune", "projector"), ("merge", "projector"),
+                                                  ("prune", "none")])
+def test_the_relaxed_graph_carries_a_vision_reduction_as_the_emitted_graph_drops_it(tmp_path: Path, vision: str,
+                                                                                    receiver: str) -> None:
+    """A vision site's hard mask crosses the 1:1 projector: into a projector site (which keeps
+    none of the removed tokens), a decoder site, or the decoder's attention alone. The relaxed
+    graph with the discrete modules (what validation runs) gives the logits of the emitted
+    graph, which really removes the tokens; without the carry they differed by 7-8 logits."""
+    path = tmp_path / "carried.deos"
+    path.write_text(VISION_THEN.format(common=SPACES / "common.deos", vision=vision, after=RECEIVERS[receiver]))
+    (space,) = load_spaces(path)
+    loaded = resolve_model("embedded")
+    graph = build_search_graph(space, loaded)
+    decoder = graph.block_map.stack("decoder")
+    assert decoder is not None and graph.block_map.vision_feeds_decoder
+    for block in decoder.blocks:  # the vision site's bias reaches every decoder layer's attention
+        assert all(getattr(sdpa_argument(s, "attn_mask"), "target", None) is key_mask for s in sdpa_nodes(block.nodes))
+    settings = {site.name: space.sites[site.site_index] for site in graph.sites}
+    batch = fixed_eval_batch("val", 8)
+    with torch.no_grad(), installed(graph, discrete_modules(graph, settings, torch.device("cpu"))):
+        relaxed = graph.gm(batch.pixels, batch.question)[0]
+    hard = compile_emitted(space, loaded).graph_module(batch.pixels, batch.question)
+    torch.testing.assert_close(relaxed, hard, atol=1e-4, rtol=1e-4)
