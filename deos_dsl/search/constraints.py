@@ -175,7 +175,9 @@ class TokenFlow:
 def _feeds(block_map: BlockMap) -> dict[str, str]:
     """`{decoder chain: vision chain}` on a 1:1 projector (`BlockMap.vision_feeds_decoder`), else `{}`."""
     vision, decoder = block_map.stack("vision"), block_map.stack("decoder")
-    return {decoder.prefix: vision.prefix} if vision and decoder and block_map.vision_feeds_decoder else {}
+    if vision is None or decoder is None or not block_map.vision_feeds_decoder:
+        return {}
+    return {decoder.prefix: vision.prefix}
 
 
 class Constraints:
