@@ -151,12 +151,13 @@ class InsertRelaxed(PassBase):
                 raise DeosCompileError(f"site `{site.name}`: its reducible span {width} does not map onto the {role}'s "
                                        f"{span}", "give both roles spans of the same length")
             outputs = self._outputs[site.name]
-            entry = self.block_map.stack("decoder").blocks[0].entry if role == "decoder" else None  # type: ignore[union-attr]
+            decoder = self.block_map.stack("decoder")
+            entry = decoder.blocks[0].entry if role == "decoder" and decoder is not None else None
             if entry is None and span != (0, int(block.shape[1])):
                 raise DeosCompileError(f"site `{site.name}`: the projector's reducible span {span} is not its whole "
                                        f"output, so a vision site's reduction cannot be carried across it",
                                        "leave the projector's span at its default (its whole output)")
-            placed, last = {}, entry or outputs[OUTPUTS[-1]]
+            placed, last = {}, entry if entry is not None else outputs[OUTPUTS[-1]]
             for name, fill in (("mask", 1.0), ("sizes", 1.0), ("bias", 0.0)):
                 last = placed[name] = insert_after(last, span_tokens, (outputs[name], *width))
                 if entry is not None:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from deos_dsl.compiler.graph_edit import sdpa_argument, sdpa_nodes
+from deos_dsl.compiler.masking import key_mask
 from deos_dsl.compiler.models import resolve_model
+from deos_dsl.embedded.vqa import fixed_eval_batch
 from deos_dsl.frontend import ir, load_spaces
 from deos_dsl.pipeline import bind_model, compile_emitted
 from deos_dsl.search.constraints import FlowSite, TokenFlow, discrete_leaving, expected_leaving
 from deos_dsl.search.discretise import allowed_keeps, site_retains
-from deos_dsl.compiler.graph_edit import sdpa_argument, sdpa_nodes
-from deos_dsl.compiler.masking import key_mask
-from deos_dsl.embedded.vqa import fixed_eval_batch
 from deos_dsl.search.graph import TRACERS, build_search_graph, installed
 from deos_dsl.search.validate import discrete_modules
 
