@@ -240,15 +240,16 @@ def _stacks(block_map: BlockMap) -> list[Stack]:
 
 def static_stack(block_map: BlockMap, sites: list[BoundSite], active: set[str], fixed: set[str]) -> Stack | None:
     """The stack of the `active` sites on a `fixed` length (`fixed_lengths`; None: the graph
-    can be re-bound as it is); raises `DeosCompileError` when the space also has sites elsewhere
-    than in the decoder that a vision or projector stack feeds (emitted in a second stage)."""
+    can be re-bound as it is); raises `DeosCompileError` when the schedule also has active sites
+    elsewhere than in the decoder that a vision or projector stack feeds (emitted in a second
+    stage). A site the schedule leaves off is no site: it emits nothing."""
     static = [site for site in sites if site.name in active and site.block.stack in fixed]
     if not static:
         return None
     site = static[0]
     decoder = block_map.stack("decoder")
     feeds_decoder = site.block.role in ("vision", "projector") and decoder is not None
-    others = sorted({s.block.stack for s in sites} - {site.block.stack, *([decoder.prefix] if feeds_decoder else [])})
+    others = sorted({s.block.stack for s in sites if s.name in active} - {site.block.stack, *([decoder.prefix] if feeds_decoder else [])})
     if others:
         raise DeosCompileError(f"site `{site.name}`: the STATIC-length `{site.block.stack}` is emitted by "
                                f"re-tracing it alone, but the space also has sites on {', '.join(f'`{p}`' for p in others)}",

@@ -149,14 +149,18 @@ def _refuse_crossing_sizes(bound: Bound) -> None:
 @dataclass(frozen=True)
 class Part:
     """The sites of a space on one side of a stack (`inside` it or not): a space of those site
-    entries alone, and the renaming of site names between it (`part@j`) and the space (`@i`)."""
+    entries alone, and the renaming of site names between it (`part@j`) and the space (`@i`).
+    An entry none of whose sites is active emits nothing and is left out: its blocks need not
+    exist in the stage's model (a projector site left off, beside vision-tower sites)."""
 
     space: ir.Space
     indexes: tuple[int, ...]  # the space's site entries, in the part's order
 
     @classmethod
     def of(cls, space: ir.Space, bound: Bound, stack: str, inside: bool) -> Part:
-        indexes = tuple(sorted({site.site_index for site in bound.sites if (site.block.stack == stack) == inside}))
+        active = bound.active()
+        indexes = tuple(sorted({site.site_index for site in bound.sites
+                                if (site.block.stack == stack) == inside and site.name in active}))
         straddling = {site.site_index for site in bound.sites if site.block.stack == stack} & \
             {site.site_index for site in bound.sites if site.block.stack != stack}
         if straddling:
@@ -197,7 +201,8 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
              for inner, plan in emitted.plans.items() for name in (part.outward(inner),)}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
-    ordered = {site.name: plans[site.name] for site in bound.sites}
+    left_off = bound.plans()  # the plans of the entries no part emits (`Part`)
+    ordered = {site.name: plans.get(site.name, left_off[site.name]) for site in bound.sites}
     return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs,
                    decoder_attentions=decoded.decoder_attentions)
 

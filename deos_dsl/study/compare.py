@@ -10,7 +10,10 @@ the share of the search's seeds that answer example i right and `o_i` whether th
 does; the interval is the 2.5 / 97.5 percentiles of the mean of `d` over `RESAMPLES` bootstrap
 resamples of the examples (a fixed generator: the same file gives the same interval). The
 verdict follows the interval: `beats` (it lies above 0), `loses` (below 0), `ties` (it holds 0).
-Accuracies are fractions in [0, 1].
+Each measured ablation row also carries `vs_search` (the search minus the ablation: what the
+freedom it takes away is worth) and `vs_cheapest` (the ablation minus the best other row that
+costs no more GFLOPs than it, None without one: the comparison for an ablation searched under
+a FLOPs budget), both paired the same way. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -75,20 +78,39 @@ def search_scores(entries: list[Entry]) -> Tensor:
     return torch.stack([hit_vector(e) for e in entries]).mean(dim=0)
 
 
+def _paired(scores: Tensor, other: Entry) -> dict[str, Any]:
+    """`scores [N]` (per-example share right) minus the row `other`'s hits: the mean difference,
+    its 95% interval and verdict, the number of examples."""
+    diff, low, high = paired_interval(scores - hit_vector(other))
+    return {"diff": diff, "ci95": [low, high], "verdict": verdict(low, high), "examples": len(other.hits)}
+
+
+def _best(rows: list[Entry]) -> Entry | None:
+    return max(rows, key=lambda e: e.accuracy["overall"], default=None)  # type: ignore[index]
+
+
 def budget_comparison(entries: list[Entry], budget: float, dense: Entry | None) -> dict[str, Any]:
     """The comparison object of one budget (module docstring)."""
     here = [e for e in entries if e.budget == budget]
     methods = list(dict.fromkeys((e.kind, e.method) for e in here))
     rows = [_row(method, kind, [e for e in here if (e.kind, e.method) == (kind, method)]) for kind, method in methods]
-    searched = [e for e in here if e.kind == SEARCH and e.accuracy is not None and e.hits]
-    others = [e for e in here if e.kind in COMPETITORS and e.accuracy is not None and e.hits]
+    measured = [e for e in here if e.accuracy is not None and e.hits]
+    searched = [e for e in measured if e.kind == SEARCH]
+    others = [e for e in measured if e.kind in COMPETITORS]
+    best = _best(others)
     result: dict[str, Any] = {"budget": budget, "dense": None if dense is None else _fraction(dense), "rows": rows,
                               "search_vs_best": None}
-    if searched and others:
-        best = max(others, key=lambda e: e.accuracy["overall"])  # type: ignore[index]
-        diff, low, high = paired_interval(search_scores(searched) - hit_vector(best))
-        result["search_vs_best"] = {"best_other": best.method, "best_kind": best.kind, "diff": diff,
-                                    "ci95": [low, high], "verdict": verdict(low, high), "examples": len(best.hits)}
+    if searched and best is not None:
+        result["search_vs_best"] = {"best_other": best.method, "best_kind": best.kind, **_paired(search_scores(searched), best)}
+    ablation_rows = {row["name"]: row for row in rows if row["kind"] == ABLATION}
+    for ablation in (e for e in measured if e.kind == ABLATION):
+        row = ablation_rows[ablation.method]
+        if searched:
+            row["vs_search"] = _paired(search_scores(searched), ablation)
+        cheapest = _best([e for e in others if e.gflops is not None and ablation.gflops is not None
+                          and e.gflops <= ablation.gflops])
+        row["vs_cheapest"] = None if cheapest is None else \
+            {"other": cheapest.method, "other_gflops": cheapest.gflops, **_paired(hit_vector(ablation), cheapest)}
     return result
 
 

@@ -96,6 +96,14 @@ def table_markdown(entries: list[Entry], meta: dict[str, Any], comparison: list[
     lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(comparison)]
     lines += ["", "Overall accuracy (%) per row and budget (`-`: the row cannot meet that budget):", ""]
     lines += accuracy_matrix(comparison)
+    ablations = ablation_rows(comparison)
+    if ablations:
+        lines += ["", "Ablations (one seed each): the search minus the ablation (what the freedom it takes away is "
+                  "worth), and the ablation against the best other row that costs no more GFLOPs (for an ablation "
+                  "searched under a FLOPs budget), both paired 95% intervals:", "",
+                  "| budget | ablation | accuracy | GFLOPs | search minus it [95% CI] | best row at <= its GFLOPs | "
+                  "it minus that row [95% CI] |", "| --- " * 7 + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in ablations]
     lines += ["", "| budget | kind | schedule | tokens.mean | GFLOPs | overall | " + " | ".join(FAMILIES) + " | how |",
               "| --- " * (7 + len(FAMILIES)) + "|"]
     lines += [_row(e) for e in entries]
@@ -131,10 +139,31 @@ def summary_rows(comparison: list[dict[str, Any]]) -> list[list[str]]:
             rows.append([budget_label(budget["budget"]), seeds, "-", "-", "-", "-" if search is None else search["pattern"]])
             continue
         best = next(row for row in budget["rows"] if row["name"] == versus["best_other"])
-        low, high = versus["ci95"]
         rows.append([budget_label(budget["budget"]), seeds, f"{versus['best_other']} ({best['kind']}) {_percent(best['accuracy'])}",
-                     f"{100 * versus['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", versus["verdict"],
+                     _interval(versus), versus["verdict"],
                      "-" if search is None else search["pattern"]])
+    return rows
+
+
+def _interval(paired: dict[str, Any]) -> str:
+    """A paired difference in points with its interval: `+0.4 [-1.1, +1.9]`."""
+    low, high = paired["ci95"]
+    return f"{100 * paired['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def ablation_rows(comparison: list[dict[str, Any]]) -> list[list[str]]:
+    """Per budget and measured ablation: budget, name, accuracy, GFLOPs, the search minus it,
+    the best other row at no more GFLOPs and the ablation minus that row (`compare.py`)."""
+    rows = []
+    for budget in comparison:
+        for row in budget["rows"]:
+            if row["kind"] != ABLATION or row["accuracy"] is None:
+                continue
+            versus, cheapest = row.get("vs_search"), row.get("vs_cheapest")
+            rows.append([budget_label(budget["budget"]), row["name"], _percent(row["accuracy"]), _number(row["gflops"], 3),
+                         "-" if versus is None else f"{_interval(versus)} {versus['verdict']}",
+                         "-" if cheapest is None else f"{cheapest['other']} ({_number(cheapest['other_gflops'], 3)})",
+                         "-" if cheapest is None else f"{_interval(cheapest)} {cheapest['verdict']}"])
     return rows
 
 

@@ -131,9 +131,11 @@ def budget_label(budget: float) -> str:
 
 
 def budget_space(space: ir.Space, budget: float) -> ir.Space:
-    """`space` with its constraints replaced by `tokens.mean <= budget`."""
+    """`space` with its `tokens.mean` constraints replaced by `tokens.mean <= budget`; its other
+    constraints (a FLOPs budget) stay, after it."""
     limit = ir.Constraint(quantity="tokens.mean", op="<=", bound=ir.Num(value=round(budget * 100, 6), unit="%"))
-    return space.model_copy(update={"constraints": [limit]})
+    others = [constraint for constraint in space.constraints if constraint.quantity != "tokens.mean"]
+    return space.model_copy(update={"constraints": [limit, *others]})
 
 
 def failure_reason(error: DeosError) -> str:
@@ -237,9 +239,12 @@ class Study:
         """Run the search into `out` unless a finished one with the same arguments is there;
         returns its steps. A different finished search there is an error (nothing is overwritten)."""
         if (out / SCHEDULE).is_file():
-            run = read_run(out)
-            if run.space.structure() != space.structure() or run.model != self.plan.model or run.data != self.plan.data:
-                raise StudyError(f"{out} holds a finished search of other arguments (space, model or data)",
+            run, options, policy = read_run(out), self.plan.options, space.policy
+            assert policy is not None, "the study searches resolved spaces"
+            steps = options.steps or int(number(policy.steps))
+            if run.space.structure() != space.structure() or run.model != self.plan.model or run.data != self.plan.data \
+                    or run.steps != steps or run.batch_size != options.batch_size:
+                raise StudyError(f"{out} holds a finished search of other arguments (space, model, data, steps or batch)",
                                  "choose another --out, or delete that directory to search again")
             self.console.print(f"  reusing the finished search in {out}", highlight=False, markup=False)
             return run.steps

@@ -79,6 +79,22 @@ def test_llava_sites_on_the_vision_tower_and_the_decoder_emit_in_two_stages(tmp_
     assert logits.shape[1] == model.kwargs["input_ids"].shape[1] - dropped
 
 
+def test_llava_a_projector_site_left_off_beside_vision_and_decoder_sites_emits_nothing(tmp_path: Path):
+    """A site the schedule leaves off is no site: the vision tower + decoder space with a projector
+    entry set off emits in two stages, with the same logits and plans as without that entry,
+    and reports the projector's plan inactive (it used to be refused as a third stack)."""
+    model = loaded(LLAVA)
+    without = compile_emitted(variant("tome", DECODER_SITE, tmp_path), model)
+    off = "  site projector {\n    activate: off\n    retain: 50%\n    score: norm\n    operator: prune\n  }\n"
+    emitted = compile_emitted(variant("tome", DECODER_SITE + off, tmp_path), model)
+    (projector,) = [name for name in emitted.plans if name.startswith(PROJECTOR)]
+    assert not emitted.plans[projector].active and projector not in emitted.lengths
+    assert {name: plan.leaving for name, plan in emitted.plans.items() if name != projector} == \
+        {name: plan.leaving for name, plan in without.plans.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(emitted.run().logits, without.run().logits, atol=0, rtol=0)
+
+
 @functools.cache
 def pooled_projector() -> Emitted:
     return compile_emitted(bundled("pool2x2.deos", "pool2x2"), loaded(LLAVA))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from deos_dsl.study.compare import paired_interval, search_scores, verdict
+from deos_dsl.study.compare import comparison_json, paired_interval, search_scores, verdict
 from deos_dsl.study.run import Entry
 
 N = 2000
@@ -48,3 +48,26 @@ def test_pairing_narrows_the_interval_of_correlated_rows():
 def test_the_search_scores_are_the_share_of_seeds_right_per_example():
     seeds = [Entry("s", "search", 0.1, seed, hits=hits) for seed, hits in enumerate(("1100", "1010", "1000"))]
     assert search_scores(seeds).tolist() == pytest.approx([1.0, 1 / 3, 1 / 3, 0.0])
+
+
+def _row(method: str, kind: str, hits: torch.Tensor, gflops: float, seed: int | None = None) -> Entry:
+    return Entry(method, kind, 0.11, seed, tokens_mean=0.1, gflops=gflops, accuracy={"overall": 100 * float(hits.mean())},
+                 hits="".join("1" if h else "0" for h in hits.tolist()))
+
+
+def test_an_ablation_is_compared_with_the_search_and_with_the_best_row_costing_no_more_flops():
+    """`vs_search` is the search minus the ablation; `vs_cheapest` picks the most accurate row at
+    or under the ablation's GFLOPs, skipping a better but costlier one, and is None without one."""
+    search, ablation = coin(0.75, 5), coin(0.6, 6)
+    cheap, costly = coin(0.55, 7), coin(0.8, 8)
+    entries = [_row("search", "search", search, 0.55, 0), _row("vision", "ablation", ablation, 0.40),
+               _row("evit", "baseline", cheap, 0.39), _row("fastv", "baseline", costly, 0.54),
+               _row("tome", "baseline", coin(0.3, 9), 0.38)]
+    (budget,) = comparison_json(entries)
+    row = next(r for r in budget["rows"] if r["name"] == "vision")
+    assert row["vs_search"]["diff"] == pytest.approx(float((search - ablation).mean()))
+    assert row["vs_cheapest"]["other"] == "evit" and row["vs_cheapest"]["other_gflops"] == 0.39
+    assert row["vs_cheapest"]["diff"] == pytest.approx(float((ablation - cheap).mean()))
+    assert budget["search_vs_best"]["best_other"] == "fastv"  # the search's own comparison ignores FLOPs
+    (alone,) = comparison_json([entries[0], _row("vision", "ablation", ablation, 0.30), entries[3]])
+    assert next(r for r in alone["rows"] if r["name"] == "vision")["vs_cheapest"] is None

@@ -18,10 +18,10 @@ from deos_dsl.compiler.models import resolve_model
 from deos_dsl.embedded.evaluate import evaluate
 from deos_dsl.embedded.vqa import FAMILIES, fixed_eval_batch
 from deos_dsl.errors import StudyError
-from deos_dsl.frontend import load_spaces
+from deos_dsl.frontend import ir, load_spaces
 from deos_dsl.search.loop import Options
 from deos_dsl.study import StudyPlan, run_study, study_spaces
-from deos_dsl.study.run import row_file, search_dir
+from deos_dsl.study.run import budget_space, row_file, search_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_SPACE = ROOT / "benchmarks" / "study.deos"
@@ -63,6 +63,18 @@ def test_study_spaces_classifies_the_search_space_the_fixed_rows_and_the_ablatio
         study_spaces(spaces, "eos_study", corners=("eos_192",))
     with pytest.raises(StudyError, match="`sparsevlm` learns nothing"):
         study_spaces(spaces, "eos_study", ablations=("sparsevlm",))
+
+
+def test_budget_space_sets_the_token_budget_and_keeps_a_flops_budget() -> None:
+    """The study's budget replaces a space's `tokens.mean` limits; a FLOPs limit stays (the vision
+    ablation searches under both), and a space without constraints gets the budget alone."""
+    spaces = {s.name: s for s in load_spaces(ROOT / "spaces" / "eos.deos") + load_spaces(ROWS)}
+    budgeted = budget_space(spaces["eos_64"], 0.11)  # tokens.mean <= 64 tokens and flops <= 0.25 * dense
+    assert [(c.quantity, c.op) for c in budgeted.constraints] == [("tokens.mean", "<="), ("flops", "<=")]
+    assert budgeted.constraints[0].bound == ir.Num(value=11.0, unit="%")
+    assert budgeted.constraints[1] == next(c for c in spaces["eos_64"].constraints if c.quantity == "flops")
+    assert [c.quantity for c in budget_space(spaces["eos_llava_vision"], 0.25).constraints] == ["tokens.mean", "flops"]
+    assert [c.quantity for c in budget_space(spaces["eos_llava"], 0.25).constraints] == ["tokens.mean"]
 
 
 def test_every_schedule_meets_the_budget_and_is_measured(study) -> None:
@@ -128,6 +140,19 @@ def test_comparison_json_reads_back_against_the_rows_hits(study) -> None:
     assert low <= versus["diff"] <= high
     assert versus["verdict"] == ("beats" if low > 0 else "loses" if high < 0 else "ties")
     assert versus["verdict"] in (out / "table.md").read_text()
+    # the ablation row: the search minus it, and it against the best row costing no more GFLOPs
+    (ablation,) = [e for e in entries if e.kind == "ablation"]
+    row = rows["eos_llava_gates_open"]
+    minus = [(int(a) + int(b)) / 2 - int(c) for a, b, c in zip(entries[1].hits, entries[2].hits, ablation.hits)]
+    assert row["vs_search"]["diff"] == pytest.approx(sum(minus) / EXAMPLES)
+    cheaper = [e for e in others if e.gflops <= ablation.gflops]
+    if cheaper:
+        cheapest = max(cheaper, key=lambda e: e.accuracy["overall"])
+        assert row["vs_cheapest"]["other"] == cheapest.method and row["vs_cheapest"]["other_gflops"] <= ablation.gflops
+        assert row["vs_cheapest"]["diff"] == pytest.approx((ablation.accuracy["overall"] - cheapest.accuracy["overall"]) / 100)
+    else:
+        assert row["vs_cheapest"] is None
+    assert "| 50% | eos_llava_gates_open |" in (out / "table.md").read_text()
     for name in ("pareto.png", "patterns.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
@@ -141,6 +166,8 @@ def test_a_finished_search_is_reused_and_a_foreign_one_refused(study, tmp_path: 
     assert again[1].accuracy == entries[1].accuracy
     with pytest.raises(StudyError, match="other arguments"):
         run_study(_plan(out, data="embedded:shapes_vqa[:64]"), Console(file=open("/dev/null", "w")), "test")
+    with pytest.raises(StudyError, match="other arguments"):  # a search of 2 steps is no search of 3
+        run_study(_plan(out, steps=3), Console(file=open("/dev/null", "w")), "test")
 
 
 def test_a_rerun_reuses_every_measured_row_and_measures_a_changed_one_again(study, tmp_path: Path) -> None:
