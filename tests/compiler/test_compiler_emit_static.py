@@ -93,6 +93,13 @@ def test_llava_a_projector_site_left_off_beside_vision_and_decoder_sites_emits_n
         {name: plan.leaving for name, plan in without.plans.items()}
     with torch.no_grad():
         torch.testing.assert_close(emitted.run().logits, without.run().logits, atol=0, rtol=0)
+    # the decoder's entry off too: still two stages (the decoder exists there), the tower alone reduces
+    decoder_off = DECODER_SITE.replace("activate: on", "activate: off")
+    tower_only = compile_emitted(variant("tome", decoder_off + off, tmp_path), model)
+    assert [name for name, plan in tower_only.plans.items() if plan.active] == \
+        [name for name, plan in tome(LLAVA).plans.items() if plan.active]
+    with torch.no_grad():
+        torch.testing.assert_close(tower_only.run().logits, tome(LLAVA).run().logits, atol=1e-5, rtol=0)
 
 
 @functools.cache
