@@ -2,10 +2,10 @@
 the operator and random keep at each token budget, with search seeds and ablations.
 
 For each budget `B` (a share of the visual tokens, layer-averaged as `tokens.mean`):
-- the search space runs `seeds` times (policy seed + 0, 1, ...) with its constraints replaced by
-  `tokens.mean <= B` (`deos search` into `OUT/budget-B/search`, `search-seed1`, ...; a finished
-  search there with the same arguments is reused, an unfinished one resumed), and each discrete
-  schedule is compiled;
+- the search space runs `seeds` times (policy seed + 0, 1, ...) with its `tokens.mean`
+  constraints replaced by `tokens.mean <= B` (a `flops` constraint stays; `deos search` into
+  `OUT/budget-B/search`, `search-seed1`, ...; a finished search there with the same space, model,
+  data, steps and batch is reused, an unfinished one resumed), and each discrete schedule is compiled;
 - every fixed space (baseline, corner, random keep: the kind is the caller's) is fitted to `B`
   (`fit.fit_baseline`: its own trade-off knob, a projector cut where that cannot reach `B`) and
   compiled; one that cannot meet `B` is a row with the reason instead of numbers;
