@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -212,7 +213,7 @@ def cmd_search(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_DIAGNOSTICS
     options = Options(steps=args.steps, batch_size=args.batch, checkpoint_every=args.checkpoint_every,
                       device=args.device, val_size=args.val, dtype=args.dtype, accumulate=args.accumulate,
-                      recompute=args.recompute, shard=args.shard)
+                      recompute=args.recompute, shard=args.shard, start=dict(args.start))
     outcome = search(chosen[0], args.model, args.data, Path(args.out), options, resume=args.resume, console=err)
     if not outcome.main or outcome.schedule is None:
         return EXIT_OK
@@ -324,6 +325,19 @@ def budget_percent(text: str) -> float:
     return value
 
 
+def start_keep(text: str) -> tuple[str, float]:
+    """An argparse type: `SITE=RATIO` (`D2=25%`, `P=0.465`), a warm start's keep ratio of a site."""
+    site, _, amount = text.partition("=")
+    try:
+        ratio = float(amount.removesuffix("%")) / (100 if amount.endswith("%") else 1)
+    except ValueError:
+        ratio = math.nan
+    if not site or not 0 < ratio <= 1:
+        raise argparse.ArgumentTypeError(f"expected SITE=RATIO with a ratio in (0, 1] or a percent in (0, 100], "
+                                         f"e.g. D2=25%, got {text[:40]!r}")
+    return site, ratio
+
+
 POSITIVE, NON_NEGATIVE = count_at_least(1), count_at_least(0)
 
 
@@ -379,6 +393,9 @@ def search_arguments(search_p: argparse.ArgumentParser) -> None:
                                "replicating them (DDP)")
     search_p.add_argument("--checkpoint-every", type=POSITIVE, default=50, metavar="N", help="checkpoint period (default 50)")
     search_p.add_argument("--val", type=NON_NEGATIVE, default=1000, metavar="N", help="validation examples (default 1000; 0 skips)")
+    search_p.add_argument("--start", nargs="+", type=start_keep, default=[], metavar="SITE=RATIO",
+                          help="warm start from a fixed schedule: each named site (P, D2, V1 or its module path) starts "
+                               "keeping RATIO of its entering tokens, every other learned keep 99%%")
     search_p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
     search_p.add_argument("--emit", action="store_true", help="then emit the schedule into DIR/emitted")
 
@@ -402,13 +419,14 @@ def cmd_study(args: argparse.Namespace, out: Console, err: Console) -> int:
                         *(["--steps", str(args.steps)] if args.steps else []), "--seeds", str(args.seeds),
                         *(["--corners", *args.corners] if args.corners else []),
                         *(["--random", *args.random] if args.random else []),
+                        *(["--warm", args.warm] if args.warm else []),
                         *(["--ablations", *args.ablations, "--ablation-budgets", *(f"{b:g}" for b in args.ablation_budgets)]
                           if args.ablations else [])])
     chosen = study_spaces(spaces, args.search, tuple(args.corners), tuple(args.random), tuple(args.ablations))
     options = Options(steps=args.steps, batch_size=args.batch, device=args.device, val_size=args.val)
     plan = StudyPlan(chosen.search, chosen.fixed, tuple(b / 100 for b in args.budgets), args.model, args.data,
                      Path(args.out), options, args.examples, args.seeds, chosen.ablations,
-                     tuple(b / 100 for b in args.ablation_budgets))
+                     tuple(b / 100 for b in args.ablation_budgets), args.warm)
     _, comparison, paths = run_study(plan, err, command)
     out.print(summary_table(comparison))
     _print_lines(target_lines(comparison), out)
@@ -467,6 +485,8 @@ def study_arguments(study_p: argparse.ArgumentParser) -> None:
                          help="learned variants of the search space, searched once at --ablation-budgets")
     study_p.add_argument("--ablation-budgets", nargs="+", type=budget_percent, default=[11.0, 25.0], metavar="PERCENT",
                          help="budgets of the ablations (default: 11 25)")
+    study_p.add_argument("--warm", metavar="NAME", help="start every search from this fixed row's schedule at its "
+                         "budget, and keep that row's schedule where the search is not better on --val examples")
     study_p.add_argument("--seeds", type=POSITIVE, default=1, metavar="N", help="searches per budget, seeds +0..N-1 (default 1)")
     study_p.add_argument("--steps", type=POSITIVE, metavar="N", help="search steps (default: the space's policy)")
     study_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="search batch size (default 32)")

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import Tensor, fx
@@ -36,6 +37,17 @@ from .site_scores import query_attention
 
 META_SITE, META_SCORE, META_SDPA = "deos_site", "deos_score", "deos_score_sdpa"
 RELAXED_PREFIX, HARD_PREFIX = "deos_site_", "deos_hard_"
+
+_SHORT = ((r"projector$", "P"), (r"vision.*\blayers\.(\d+)$", r"V\1"), (r"\blayers\.(\d+)$", r"D\1"))
+
+
+def short_site(name: str) -> str:
+    """`decoder.layers.2@0` / `model.language_model.layers.2@1` -> `D2`, `vision.layers.1@0` /
+    `model.vision_tower.vision_model.encoder.layers.1@0` -> `V1`, `(model.multi_modal_)projector@0` -> `P`;
+    any other site keeps its module path."""
+    base = name.split("@")[0]
+    return next((re.sub(r".*?" + pattern, replacement, base) for pattern, replacement in _SHORT
+                 if re.search(pattern, base)), base)
 
 
 @dataclass(frozen=True)

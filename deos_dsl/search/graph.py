@@ -26,7 +26,7 @@ the model itself is never modified and stays frozen.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
@@ -36,11 +36,11 @@ from torch.utils import _pytree as pytree
 from deos_dsl.compiler.blocks import Block, BlockMap, build_block_map
 from deos_dsl.compiler.models import LoadedModel
 from deos_dsl.compiler.positions import site_stream
-from deos_dsl.compiler.site_module import SiteModule
-from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores
+from deos_dsl.compiler.site_module import KEEP, SiteModule
+from deos_dsl.compiler.sites import RELAXED_PREFIX, BoundSite, SiteScores, short_site
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, placeholder_values, trace
 from deos_dsl.data import Encoded
-from deos_dsl.errors import DeosCompileError
+from deos_dsl.errors import DeosCompileError, SearchError
 from deos_dsl.frontend import ir
 from deos_dsl.pipeline import Bound, bind_model, relax
 
@@ -217,3 +217,31 @@ def sites_off(modules: dict[str, SiteModule]) -> Iterator[None]:
     finally:
         for name, sample in previous.items():
             modules[name].gate_sample = sample
+
+
+START_KEEP_ALL = 0.99  # where a warm start puts a learned keep it does not name (inside the range, not saturated)
+
+
+def start_keeps(modules: dict[str, SiteModule], start: dict[str, float]) -> None:
+    """Warm start: set each learned keep ratio named in `start` (a site's bound name or its short
+    name, `P` / `D2` / `V1`: `short_site`) to that ratio of its entering tokens, and every other
+    learned keep to `START_KEEP_ALL`, each clamped into its range: the relaxed schedule starts at
+    the fixed schedule `start` describes (a site not named keeps everything). Gates and regimes
+    keep their inits. An empty `start` changes nothing. `SearchError` for a name that is no site
+    with a learned keep, or a ratio outside (0, 1]."""
+    if not start:
+        return
+    learned = {name: module for name, module in modules.items() if module.specs[KEEP].learned}
+    names = {alias: name for name in learned for alias in (name, short_site(name))}
+    for key, ratio in start.items():
+        if key not in names:
+            raise SearchError(f"the start names `{key}`, which is no site with a learned keep in this space",
+                              f"name one of {', '.join(sorted({short_site(name) for name in learned}))}")
+        if not 0.0 < ratio <= 1.0:
+            raise SearchError(f"the start keeps {ratio:g} of the tokens entering `{key}`", "give a ratio in (0, 1]")
+    chosen = {names[key]: ratio for key, ratio in start.items()}
+    for name, module in learned.items():
+        spec = module.specs[KEEP]
+        ratio = min(max(chosen.get(name, START_KEEP_ALL), spec.lo), spec.hi)
+        with torch.no_grad():
+            module.beta.fill_(replace(spec, init=ratio).raw())

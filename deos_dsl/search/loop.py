@@ -61,7 +61,7 @@ from . import ddp
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .constraints import Constraints, FlopsModel, FlowSite, Limit, expected_leaving
 from .discretise import Discretiser, Schedule, site_retains
-from .graph import SearchGraph, build_search_graph, sites_off
+from .graph import SearchGraph, build_search_graph, sites_off, start_keeps
 from .lagrangian import AugmentedLagrangian
 from .log import JsonLog, Progress, read_log
 from .plots import plot_trajectories
@@ -77,7 +77,8 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 @dataclass(frozen=True)
 class Options:
     """How to run a search: `steps` None = the policy's; `stop_after` ends the run after that
-    many steps as a kill would (what was checkpointed stays); `val_size` 0 skips validation."""
+    many steps as a kill would (what was checkpointed stays); `val_size` 0 skips validation;
+    `start` warm-starts the keep ratios (site -> ratio of its entering tokens, `graph.start_keeps`)."""
 
     steps: int | None = None
     batch_size: int = 32
@@ -89,6 +90,7 @@ class Options:
     accumulate: int = 1
     recompute: bool = False
     shard: bool = False
+    start: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +112,11 @@ class Outcome:
 def number(expr: ir.Expr | None) -> float:
     assert isinstance(expr, ir.Num), "policies come from a resolved space"
     return expr.value
+
+
+def resolved_steps(options: Options, policy: ir.Policy) -> int:
+    """The steps a search runs: `--steps` when given, else the policy's."""
+    return options.steps or int(number(policy.steps))
 
 
 def step_noise(seed: int, step: int) -> torch.Generator:
@@ -145,12 +152,12 @@ class Search:
         self.policy, self.objective = policy, _ = space.policy, space.objective
         self.space, self.out, self.options, self.console = space, out, options, console
         model, data = absolute(model), absolute(data)  # run.json names them wherever it is read from
-        steps = options.steps or int(number(policy.steps))
+        steps = resolved_steps(options, policy)
         if options.batch_size < 1 or options.checkpoint_every < 1 or options.accumulate < 1:
             raise SearchError("--batch, --checkpoint-every and --accumulate must be positive")
         self.device = ddp.pick_device(options.device)
         dtype = resolved_dtype(options.dtype, str(self.device))
-        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)), dtype)
+        self.run_info = Run(space, model, data, options.batch_size, steps, int(number(policy.seed)), dtype, dict(options.start))
         self.loaded = resolve_model(model, dtype, str(self.device))
         self.task = make_task(data, self.loaded)
         refused = self.task.check_objective(self.objective.task)
@@ -177,6 +184,7 @@ class Search:
         example = self.task.train_batch(0, options.batch_size, self.world.rank, self.world.size).rows(0, self.micro)
         example = example.to(self.device)
         self.graph = build_search_graph(space, replace(self.loaded, args=example.args, kwargs=example.kwargs))
+        start_keeps(self.graph.modules, options.start)  # a resumed run then loads its checkpoint over it
         flops = flops_model(self.graph) if any(c.quantity == "flops" for c in space.constraints) else None
         self.constraints = Constraints.of(space, self.graph.block_map, self.graph.flow, flops)
         self.retains = site_retains(space, self.graph.sites)
@@ -195,7 +203,7 @@ class Search:
             differences = read_run(self.out).differences(self.run_info)
             if differences:
                 raise SearchError(f"--resume with other arguments than the search in {self.out}: {', '.join(differences)} differ",
-                                  "resume with the same space, --model, --data, --batch and --steps")
+                                  "resume with the same space, --model, --data, --batch, --steps and --start")
             if not 0 <= state["step"] <= self.run_info.steps:
                 raise SearchError(f"checkpoint {self.out / CHECKPOINT} says {state['step']} steps are done, but this "
                                   f"search has {self.run_info.steps}", "delete it and run the search again without --resume")

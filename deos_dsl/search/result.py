@@ -1,7 +1,7 @@
 """The files of a search directory besides the checkpoint and the log, and their loading.
 
 - `run.json`: what was searched (`Run`): the resolved space (IR JSON), the model and data
-  names, batch size, steps, seed. Written before the first step; `--resume` checks the given
+  names, batch size, steps, seed, warm start. Written before the first step; `--resume` checks the given
   arguments against it.
 - `result.pt`: every site module's state after the last step (`torch.save`, loaded with
   `weights_only=True`).
@@ -16,7 +16,7 @@ Loading validates and raises `SearchError` for a missing or corrupt directory;
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ RUN, RESULT, SCHEDULE, EMITTED = "run.json", "result.pt", "schedule.json", "emit
 
 @dataclass(frozen=True)
 class Run:
-    """The arguments of a search, as `run.json` stores them (`space` is the resolved IR)."""
+    """The arguments of a search, as `run.json` stores them (`space` is the resolved IR, `start`
+    the warm start's keep ratios, `graph.start_keeps`; empty: the space's inits)."""
 
     space: ir.Space
     model: str
@@ -46,6 +47,7 @@ class Run:
     steps: int
     seed: int
     dtype: str = "float32"
+    start: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -63,7 +65,7 @@ class Run:
 
     def differences(self, other: Run) -> list[str]:
         """The fields where `other` differs from this run (the space compared structurally)."""
-        return [name for name in ("space", "model", "data", "batch_size", "steps", "seed", "dtype")
+        return [name for name in ("space", "model", "data", "batch_size", "steps", "seed", "dtype", "start")
                 if getattr(self, name) != getattr(other, name)]
 
 
@@ -94,7 +96,8 @@ def read_run(out: Path) -> Run:
     data = _read_json(out / RUN, "search")
     try:
         return Run(ir.Space.model_validate(data["space"]), str(data["model"]), str(data["data"]),
-                   int(data["batch_size"]), int(data["steps"]), int(data["seed"]), str(data.get("dtype", "float32")))
+                   int(data["batch_size"]), int(data["steps"]), int(data["seed"]), str(data.get("dtype", "float32")),
+                   {str(name): float(ratio) for name, ratio in data.get("start", {}).items()})
     except (KeyError, TypeError, ValueError, ValidationError) as error:
         raise SearchError(f"{out / RUN} is not a deos search description ({str(error).splitlines()[0]})",
                           "run the search again") from None

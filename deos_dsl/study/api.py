@@ -74,7 +74,7 @@ def run_study(plan: StudyPlan, console: Console, command: str) -> tuple[list[Ent
     plan.out.mkdir(parents=True, exist_ok=True)
     meta = {"search_space": plan.search_space.name, "baselines": [s.name for s in plan.baselines],
             "corners": [s.name for s in plan.fixed.get(CORNER, [])], "random": [s.name for s in plan.fixed.get(RANDOM, [])],
-            "ablations": [s.name for s in plan.ablations], "seeds": plan.seeds,
+            "ablations": [s.name for s in plan.ablations], "seeds": plan.seeds, "warm": plan.warm,
             "ablation_budgets": list(plan.ablation_budgets),
             "budgets": list(plan.budgets), "model": plan.model, "data": plan.data, "examples": plan.examples,
             "steps": plan.options.steps, "batch": plan.options.batch_size, "threads": torch.get_num_threads(),

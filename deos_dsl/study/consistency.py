@@ -29,12 +29,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from deos_dsl.compiler.sites import short_site
 from deos_dsl.errors import StudyError
 from deos_dsl.frontend.vocab import MIX, OFF, corner_of
 from deos_dsl.search.loop import number
 from deos_dsl.search.result import read_run, read_schedule
 
-from .pattern import short_site
 
 AGREES, DIFFERS = "agrees", "differs"
 AT_LEAST = ("same_active", "same_regime")  # agreement shares: larger is closer

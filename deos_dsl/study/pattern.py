@@ -9,23 +9,11 @@ rho combination). A schedule is a HYBRID when some active site redistributes sof
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from deos_dsl.compiler.hard_site import SitePlan
+from deos_dsl.compiler.sites import short_site
 from deos_dsl.frontend.vocab import MIX, OFF, corner_of
-
-_SHORT = ((r"projector$", "P"), (r"vision.*\blayers\.(\d+)$", r"V\1"), (r"\blayers\.(\d+)$", r"D\1"))
-
-
-def short_site(name: str) -> str:
-    """`decoder.layers.2@0` / `model.language_model.layers.2@1` -> `D2`, `vision.layers.1@0` /
-    `model.vision_tower.vision_model.encoder.layers.1@0` -> `V1`, `(model.multi_modal_)projector@0` -> `P`;
-    any other site keeps its module path."""
-    base = name.split("@")[0]
-    return next((re.sub(r".*?" + pattern, replacement, base) for pattern, replacement in _SHORT
-                 if re.search(pattern, base)), base)
-
 
 def regime_name(plan: SitePlan) -> str:
     """The corner of `plan`'s regime (`vocab.CORNERS`), `mix` off the corners."""

@@ -104,12 +104,30 @@ def table_markdown(entries: list[Entry], meta: dict[str, Any], comparison: list[
                   "| budget | ablation | accuracy | GFLOPs | search minus it [95% CI] | best row at <= its GFLOPs | "
                   "it minus that row [95% CI] |", "| --- " * 7 + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in ablations]
+    started = warm_rows(entries)
+    if started:
+        lines += ["", f"Warm start (`--warm {meta.get('warm')}`): per seed, the validation accuracy of each candidate "
+                  "(the row it starts from, the search from it, the search from the space's inits) decides the search "
+                  "row; the test accuracies of all three are shown, but decide nothing:", "",
+                  "| budget | seed | kept | validation: start / warm / cold | test: start / warm / cold |",
+                  "| --- " * 5 + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in started]
     lines += ["", "| budget | kind | schedule | tokens.mean | GFLOPs | overall | " + " | ".join(FAMILIES) + " | how |",
               "| --- " * (7 + len(FAMILIES)) + "|"]
     lines += [_row(e) for e in entries]
     notes = notes_markdown(list(meta["baselines"]))
     lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
+
+
+def warm_rows(entries: list[Entry]) -> list[list[str]]:
+    """Per warm study search row: budget, seed, the candidate kept, and the candidates'
+    validation and test accuracies (`run.Study._search_row`)."""
+    def three(accuracies: dict[str, float]) -> str:
+        return " / ".join(_number(accuracies.get(name)) for name in ("start", "warm", "cold"))
+
+    return [[budget_label(e.budget), f"+{e.seed}", e.start["kept"], three(e.start["val"]), three(e.start["test"])]
+            for e in entries if e.kind == SEARCH and e.start and e.budget is not None]
 
 
 def accuracy_matrix(comparison: list[dict[str, Any]]) -> list[str]:

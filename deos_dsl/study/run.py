@@ -10,7 +10,14 @@ For each budget `B` (a share of the visual tokens, layer-averaged as `tokens.mea
   (`fit.fit_baseline`: its own trade-off knob, a projector cut where that cannot reach `B`) and
   compiled; one that cannot meet `B` is a row with the reason instead of numbers;
 - at the `ablation_budgets`, every ablation space (a learned variant of the search space) is
-  searched once, as the search is (`OUT/budget-B/ablation-NAME`).
+  searched once, from the space's own inits (`OUT/budget-B/ablation-NAME`).
+With `warm` (a fixed row's name) and validation examples (`options.val_size`), each seed also
+searches from that row's fitted schedule at `B` (`warm_start`: each active site's keep ratio,
+every other site keeping 99%; `search-warm`, `search-warm-seedS`), and the seed's search row is
+the best on the validation examples of three candidates: the search from the space's inits,
+the warm search and the warm row's own schedule (`start` in the row: the candidates'
+validation and test accuracies and which it kept). The test examples decide nothing; a search
+row is then never worse on validation than the fixed schedule it starts from.
 Every schedule is then measured the same way on its EMITTED graph (tokens really dropped):
 which of the fixed test examples it answers right (`hits`, kept for the paired intervals of
 `compare.py`), accuracy, FLOPs of one example counted by `FlopCounterMode`, and the operator
@@ -30,9 +37,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from rich.console import Console
@@ -44,16 +51,19 @@ from deos_dsl.files import write_text_atomically
 from deos_dsl.frontend import ir
 from deos_dsl.measure import EmittedSizes, Subject, hits_and_flops, load_searched
 from deos_dsl.pipeline.emit import Emitted, compile_emitted
-from deos_dsl.search.loop import Options, number, search
+from deos_dsl.search.loop import Options, number, resolved_steps, search
 from deos_dsl.search.result import SCHEDULE, read_run, read_schedule
 from deos_dsl.tasks import make_task
 
-from .fit import fit_baseline
+from .fit import Fitted, fit_baseline
 from .pattern import is_hybrid, pattern_text, site_pattern
 
 SEARCH, DENSE, BASELINE, CORNER, RANDOM, ABLATION = "search", "dense", "baseline", "corner", "random", "ablation"
 FIXED_KINDS = (BASELINE, CORNER, RANDOM)
+T = TypeVar("T")
 SEARCH_ROW = "row.json"  # a search's measured row, in its directory
+VALIDATION_ROW = "val.json"  # a candidate's validation accuracy in a search's directory (a fixed row's: NAME.val.json)
+COLD, WARM, START = "cold", "warm", "start"  # the candidates of a warm study's search row (`Study._search_row`)
 MEASURE_CHUNK = 50  # examples per call of an emitted graph exported at a fixed batch size
 
 
@@ -62,7 +72,9 @@ class Entry:
     """One row of the study: a schedule at a budget (None: the dense model) and what it measured;
     `setting` says how it was obtained, `error` why there are no numbers; `hits`: one character
     per test example, `1` where it answered right; `repair` (a search): its schedule's
-    `repair_size`, `expected_met` and validation accuracies before and after repair."""
+    `repair_size`, `expected_met` and validation accuracies before and after repair; `start` (a
+    warm study's search row): the row it started from, the candidates' (`COLD`, `WARM`, `START`)
+    validation and test accuracies and which it kept."""
 
     method: str
     kind: str
@@ -78,6 +90,7 @@ class Entry:
     error: str | None = None
     hits: str = ""
     repair: dict[str, Any] = field(default_factory=dict)
+    start: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pattern(self) -> str:
@@ -106,7 +119,7 @@ def repair_report(schedule: dict[str, Any]) -> dict[str, Any]:
 class StudyPlan:
     """What to run: `search_space` (learned, `seeds` times) and the `fixed` spaces (kind ->
     spaces: baselines, corners, random keep) at `budgets` (shares); the `ablations` (learned)
-    at the `ablation_budgets` among them."""
+    at the `ablation_budgets` among them; `warm`: the fixed row every search starts from."""
 
     search_space: ir.Space
     fixed: dict[str, list[ir.Space]]
@@ -119,6 +132,7 @@ class StudyPlan:
     seeds: int = 1
     ablations: tuple[ir.Space, ...] = ()
     ablation_budgets: tuple[float, ...] = ()
+    warm: str | None = None
 
     @property
     def baselines(self) -> list[ir.Space]:
@@ -143,11 +157,37 @@ def failure_reason(error: DeosError) -> str:
     return error.diagnostics[0].message if error.diagnostics else error.message
 
 
-def search_dir(out: Path, budget: float, seed: int = 0, ablation: str | None = None) -> Path:
+def search_dir(out: Path, budget: float, seed: int = 0, ablation: str | None = None, warm: bool = False) -> Path:
     """Where the study searches at `budget` (a share; B in percent): `OUT/budget-B/search` (the
-    first seed), `search-seedS` (seed S), `ablation-NAME` (an ablation)."""
-    name = f"ablation-{ablation}" if ablation is not None else "search" if seed == 0 else f"search-seed{seed}"
+    first seed), `search-seedS` (seed S), `search-warm`, `search-warm-seedS` (warm-started),
+    `ablation-NAME` (an ablation)."""
+    search = "search-warm" if warm else "search"
+    name = f"ablation-{ablation}" if ablation is not None else search if seed == 0 else f"{search}-seed{seed}"
     return out / f"budget-{budget * 100:g}" / name
+
+
+def read_kept(path: Path, value: Callable[[dict[str, Any]], T], key: dict[str, Any]) -> T | None:
+    """`value(data)` of the JSON file `path` written as `{"key": ..., ...}` when its key is `key`;
+    None when there is no such file or it holds another key; `StudyError` for an unreadable one."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return value(data) if data["key"] == key else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise StudyError(f"{path}: unreadable row file ({type(error).__name__}: {error})",
+                         "delete it to measure the row again") from None
+
+
+def schedule_digest(out: Path) -> str:
+    """SHA-256 of the finished search's `schedule.json` in `out` (what its measured rows are keyed by)."""
+    return hashlib.sha256((out / SCHEDULE).read_bytes()).hexdigest()
+
+
+def warm_start(entry: Entry) -> dict[str, float]:
+    """The keep ratios a search starts from to start at `entry`'s schedule: each active site's
+    kept share of the tokens entering it, by short name (`graph.start_keeps`)."""
+    return {site["site"]: site["keep"] / site["entering"] for site in entry.sites if site["active"] and site["entering"]}
 
 
 def with_seed(space: ir.Space, offset: int) -> ir.Space:
@@ -178,8 +218,13 @@ class Study:
         self.batch: Encoded = self.task.eval_batch(plan.examples, "test")
         fixed = sum(len(spaces) for spaces in plan.fixed.values())
         ablated = len(set(plan.ablation_budgets) & set(plan.budgets)) * len(plan.ablations)
-        self.total = 1 + len(plan.budgets) * (plan.seeds + fixed) + ablated
+        searches = plan.seeds * (2 if plan.warm is not None and plan.options.val_size > 0 else 1)
+        self.total = 1 + len(plan.budgets) * (searches + fixed) + ablated
         self.done = 0
+        self.fixed_spaces = {space.name: space for spaces in plan.fixed.values() for space in spaces}
+        if plan.warm is not None and plan.warm not in self.fixed_spaces:
+            raise StudyError(f"--warm names `{plan.warm}`, which is no fixed row of this study",
+                             f"name one of: {', '.join(self.fixed_spaces)}")
 
     def _announce(self, what: str) -> None:
         self.done += 1
@@ -192,33 +237,94 @@ class Study:
         entries = [self._kept(dense, None, lambda: self._measure(dense, Subject.of(self.loaded.model), None))]
         plan = self.plan
         for budget in plan.budgets:
-            entries.extend(self._searched(plan.search_space, budget, seed) for seed in range(plan.seeds))
-            entries.extend(self._fitted(space, budget, kind) for kind in FIXED_KINDS for space in plan.fixed.get(kind, []))
+            fixed = [self._fitted(space, budget, kind) for kind in FIXED_KINDS for space in plan.fixed.get(kind, [])]
+            warm = next((entry for entry in fixed if entry.method == plan.warm), None)
+            if warm is not None and warm.error is not None:
+                self.console.print(f"  {warm.method} has no schedule at {budget_label(budget)}: the searches start from "
+                                   "the space's inits", highlight=False, markup=False)
+                warm = None
+            entries.extend(self._search_row(plan.search_space, budget, seed, warm) for seed in range(plan.seeds))
+            entries.extend(fixed)
             if budget in plan.ablation_budgets:
                 entries.extend(self._searched(space, budget, 0, ablation=True) for space in plan.ablations)
             save(entries)
         return entries
 
-    def _searched(self, space: ir.Space, budget: float, seed: int, ablation: bool = False) -> Entry:
+    def _search_row(self, space: ir.Space, budget: float, seed: int, warm: Entry | None) -> Entry:
+        """The search row of `seed` at `budget`: the search from the space's inits; with `warm`,
+        the best on the validation examples of that search, the search started from `warm`'s
+        schedule and `warm`'s schedule itself (ties go to `warm`, then to the warm search)."""
+        cold = self._searched(space, budget, seed)
+        if warm is None or self.plan.options.val_size == 0:
+            return cold
+        candidates = {START: warm, WARM: self._searched(space, budget, seed, warm=warm), COLD: cold}
+        measured = {name: entry for name, entry in candidates.items() if entry.error is None}
+        with self.console.status("validating the candidates"):
+            validation = {name: self._validation_accuracy(name, entry, seed) for name, entry in measured.items()}
+        kept = max(validation, key=lambda name: (validation[name], -list(validation).index(name)))
+        chosen = measured[kept]
+        size = self.plan.options.val_size
+        return replace(chosen, kind=SEARCH, method=cold.method, seed=seed, setting=(
+            f"the best on {size} validation examples of: searched from the space's inits, searched from "
+            f"{warm.method}, {warm.method} itself: {kept} ({chosen.setting})"),
+            start={"from": warm.method, "val_size": size, "kept": kept, "val": validation,
+                   "test": {name: entry.accuracy["overall"] for name, entry in measured.items()  # type: ignore[index]
+                            if entry.accuracy is not None}})
+
+    def _validation_accuracy(self, candidate: str, entry: Entry, seed: int) -> float:
+        """Overall accuracy (%) of `entry`'s emitted schedule on the searches' validation examples
+        (a `START` row fitted and compiled again), kept beside its row (`VALIDATION_ROW`) and
+        reused while its schedule, model, data and number of examples are the same."""
+        assert entry.budget is not None
+        size, budget = self.plan.options.val_size, entry.budget
+        key: dict[str, Any] = {"model": self.plan.model, "data": self.plan.data, "val_size": size}
+        if candidate == START:
+            space = self.fixed_spaces[entry.method]
+            path = row_file(self.plan.out, budget, entry.method).with_suffix("." + VALIDATION_ROW)
+            key.update(space=space.structure(), budget=budget)
+        else:
+            out = search_dir(self.plan.out, budget, seed, warm=candidate == WARM)
+            path = out / VALIDATION_ROW
+            key.update(schedule=schedule_digest(out))
+        kept = read_kept(path, lambda data: float(data["accuracy"]), key)
+        if kept is not None:
+            return kept
+        if candidate == START:
+            fitted, emitted = self._fit_and_compile(space, budget)
+            subject = EmittedSizes(fitted.space, self.loaded, None, emitted, self.task).subject()
+        else:
+            subject = load_searched(out, self.loaded).sizes.subject()
+        batch = self.task.eval_batch(size, "val")
+        hits, _ = hits_and_flops(self.task, subject, batch, torch.device("cpu"), MEASURE_CHUNK)
+        accuracy = self.task.accuracy(hits, batch)["overall"]
+        write_text_atomically(path, json.dumps({"key": key, "accuracy": accuracy}) + "\n")
+        return accuracy
+
+    def _searched(self, space: ir.Space, budget: float, seed: int, ablation: bool = False, warm: Entry | None = None) -> Entry:
         """Search (or reuse the finished search of) `space` at `budget` with its policy seed
-        raised by `seed`, then measure it (or reuse its row file, keyed by its schedule too)."""
+        raised by `seed`, from `warm`'s schedule when given, then measure it (or reuse its row
+        file, keyed by its schedule too)."""
         space = with_seed(budget_space(space, budget), seed)
         entry = Entry(space.name, ABLATION if ablation else SEARCH, budget, seed)
-        out = search_dir(self.plan.out, budget, seed, space.name if ablation else None)
-        self._announce(f"budget {budget_label(budget)}: search `{space.name}` (seed +{seed}) into {out}")
+        out = search_dir(self.plan.out, budget, seed, space.name if ablation else None, warm is not None)
+        options = replace(self.plan.options, start=warm_start(warm) if warm is not None else {})
+        self._announce(f"budget {budget_label(budget)}: search `{space.name}` (seed +{seed}"
+                       f"{f', from {warm.method}' if warm is not None else ''}) into {out}")
         started = time.perf_counter()
         try:
-            steps = self._search(space, out)
+            steps = self._search(space, out, options)
         except StudyError:
             raise
         except DeosError as error:
             return self._failed(entry, error)
-        digest = hashlib.sha256((out / SCHEDULE).read_bytes()).hexdigest()
-        return self._kept(entry, space, lambda: self._load_and_measure(entry, space, out, steps, started),
-                          out / SEARCH_ROW, {"schedule": digest})
+        also = {"schedule": schedule_digest(out), **({"from": warm.method} if warm is not None else {})}
+        return self._kept(entry, space, lambda: self._load_and_measure(entry, space, out, steps, started, warm),
+                          out / SEARCH_ROW, also)
 
-    def _load_and_measure(self, entry: Entry, space: ir.Space, out: Path, steps: int, started: float) -> Entry:
-        """Measure the search of `space` finished in `out` after `steps` steps (begun at `started`)."""
+    def _load_and_measure(self, entry: Entry, space: ir.Space, out: Path, steps: int, started: float,
+                          warm: Entry | None) -> Entry:
+        """Measure the search of `space` finished in `out` after `steps` steps (begun at `started`,
+        from `warm`'s schedule when given)."""
         try:
             searched = load_searched(out, self.loaded)
         except DeosError as error:
@@ -226,6 +332,7 @@ class Study:
         entry.seconds = time.perf_counter() - started
         entry.tokens_mean = searched.tokens_mean
         entry.setting = f"searched, {steps} steps, seed {int(number(space.policy.seed))}"  # type: ignore[union-attr]
+        entry.setting += f", from {warm.method}" if warm is not None else ""
         entry.repair = repair_report(read_schedule(out)[0])
         return self._measure(entry, searched.sizes.subject(), searched.emitted)
 
@@ -235,20 +342,20 @@ class Study:
         self.console.print(f"  failed: {entry.error}", highlight=False, markup=False)
         return entry
 
-    def _search(self, space: ir.Space, out: Path) -> int:
+    def _search(self, space: ir.Space, out: Path, options: Options) -> int:
         """Run the search into `out` unless a finished one with the same arguments is there;
         returns its steps. A different finished search there is an error (nothing is overwritten)."""
         if (out / SCHEDULE).is_file():
-            run, options, policy = read_run(out), self.plan.options, space.policy
+            run, policy = read_run(out), space.policy
             assert policy is not None, "the study searches resolved spaces"
-            steps = options.steps or int(number(policy.steps))
+            steps = resolved_steps(options, policy)
             if run.space.structure() != space.structure() or run.model != self.plan.model or run.data != self.plan.data \
-                    or run.steps != steps or run.batch_size != options.batch_size:
-                raise StudyError(f"{out} holds a finished search of other arguments (space, model, data, steps or batch)",
-                                 "choose another --out, or delete that directory to search again")
+                    or run.steps != steps or run.batch_size != options.batch_size or run.start != options.start:
+                raise StudyError(f"{out} holds a finished search of other arguments (space, model, data, steps, batch "
+                                 "or start)", "choose another --out, or delete that directory to search again")
             self.console.print(f"  reusing the finished search in {out}", highlight=False, markup=False)
             return run.steps
-        outcome = search(space, self.plan.model, self.plan.data, out, self.plan.options,
+        outcome = search(space, self.plan.model, self.plan.data, out, options,
                          resume=out.is_dir() and any(out.iterdir()), console=self.console)
         return outcome.steps_done
 
@@ -260,16 +367,10 @@ class Study:
         path = path or row_file(self.plan.out, entry.budget, entry.method)
         key = {"space": None if space is None else space.structure(), "kind": entry.kind, "budget": entry.budget,
                "model": self.plan.model, "data": self.plan.data, "examples": self.plan.examples, **(also or {})}
-        if path.is_file():
-            try:
-                kept = json.loads(path.read_text(encoding="utf-8"))
-                reused = Entry.from_json(kept["entry"]) if kept["key"] == key else None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-                raise StudyError(f"{path}: unreadable row file ({type(error).__name__}: {error})",
-                                 "delete it to measure the row again") from None
-            if reused is not None:
-                self.console.print(f"  reusing the row in {path}", highlight=False, markup=False)
-                return reused
+        reused = read_kept(path, lambda data: Entry.from_json(data["entry"]), key)
+        if reused is not None:
+            self.console.print(f"  reusing the row in {path}", highlight=False, markup=False)
+            return reused
         measured = measure()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps({"key": key, "entry": measured.to_json()}, indent=1) + "\n")
@@ -286,8 +387,7 @@ class Study:
         """Fit `space` to `budget`, compile and measure it into `entry` (the reason where it cannot)."""
         started = time.perf_counter()
         try:
-            fitted = fit_baseline(space, budget, self.loaded)
-            emitted = compile_emitted(fitted.space, self.loaded)
+            fitted, emitted = self._fit_and_compile(space, budget)
         except DeosError as error:
             entry.error = failure_reason(error)
             self.console.print(f"  not run: {entry.error}", highlight=False, markup=False)
@@ -295,6 +395,11 @@ class Study:
         entry.seconds = time.perf_counter() - started
         entry.tokens_mean, entry.setting = fitted.tokens_mean, fitted.describe()
         return self._measure(entry, EmittedSizes(fitted.space, self.loaded, None, emitted, self.task).subject(), emitted)
+
+    def _fit_and_compile(self, space: ir.Space, budget: float) -> tuple[Fitted, Emitted]:
+        """The fixed `space` fitted to `budget` and its emitted graph."""
+        fitted = fit_baseline(space, budget, self.loaded)
+        return fitted, compile_emitted(fitted.space, self.loaded)
 
     def _measure(self, entry: Entry, subject: Subject, emitted: Emitted | None) -> Entry:
         """Fill `entry` with hits, accuracy, counted GFLOPs and (for an emitted graph) its pattern;

@@ -10,7 +10,8 @@ import pytest
 from deos_dsl.compiler.hard_site import SitePlan, plan_site
 from deos_dsl.compiler.site_module import SiteModule
 from deos_dsl.frontend import load_spaces
-from deos_dsl.study.pattern import is_hybrid, pattern_text, regime_name, short_site, site_pattern
+from deos_dsl.compiler.sites import short_site
+from deos_dsl.study.pattern import is_hybrid, pattern_text, regime_name, site_pattern
 
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"

@@ -6,6 +6,7 @@ and the CLI's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ from deos_dsl.errors import StudyError
 from deos_dsl.frontend import ir, load_spaces
 from deos_dsl.search.loop import Options
 from deos_dsl.study import StudyPlan, run_study, study_spaces
-from deos_dsl.study.run import budget_space, row_file, search_dir
+from deos_dsl.search.result import read_run
+from deos_dsl.study.run import budget_space, row_file, search_dir, warm_start
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_SPACE = ROOT / "benchmarks" / "study.deos"
@@ -197,6 +199,49 @@ def test_a_rerun_reuses_every_measured_row_and_measures_a_changed_one_again(stud
     fastv.write_text("{half a row")
     with pytest.raises(StudyError, match="fastv.json: unreadable row file"):
         run_study(_plan(copy), Console(file=open("/dev/null", "w")), "test")
+
+
+def test_a_warm_study_keeps_the_best_on_validation_of_the_cold_search_the_warm_search_and_the_row(
+        study, tmp_path: Path) -> None:
+    """`warm`: each seed also searches from the fixed row's schedule at the budget (`run.json`'s
+    start: each active site's kept share) into `search-warm`; the seed's row is the candidate
+    (cold search, warm search, the row itself) best on the validation examples, each candidate's
+    validation accuracy kept beside it and reused (every branch forced once)."""
+    out, entries, _ = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    plan = dataclasses.replace(_plan(copy), seeds=1, ablations=(), warm="corner_prune_projector")
+    warm_entries, _, _ = run_study(plan, Console(file=open("/dev/null", "w")), "test")
+    row, corner = warm_entries[1], next(e for e in warm_entries if e.method == "corner_prune_projector")
+    (projector,) = [site for site in corner.sites if site["active"]]
+    assert read_run(search_dir(copy, 0.5, warm=True)).start == warm_start(corner) == {"P": projector["keep"] / projector["entering"]}
+    assert (row.kind, row.method, row.seed, row.start["from"], row.start["val_size"]) == ("search", "eos_study", 0, corner.method, 20)
+    validation, test = row.start["val"], row.start["test"]
+    assert list(validation) == list(test) == ["start", "warm", "cold"]
+    assert test["cold"] == entries[1].accuracy["overall"] and test["start"] == corner.accuracy["overall"]
+    assert row.start["kept"] == max(validation, key=lambda name: (validation[name], -list(validation).index(name)))
+    assert row.accuracy["overall"] == test[row.start["kept"]]
+    cold_validation = json.loads((search_dir(copy, 0.5) / "val.json").read_text())
+    assert cold_validation["accuracy"] == validation["cold"] and cold_validation["key"]["val_size"] == 20
+    assert json.loads((copy / "budget-50" / "rows" / "corner_prune_projector.val.json").read_text())["accuracy"] == validation["start"]
+    table = (copy / "table.md").read_text()
+    assert "Warm start (`--warm corner_prune_projector`)" in table
+    assert f"| 50% | +0 | {row.start['kept']} | {validation['start']:.1f} / {validation['warm']:.1f} / {validation['cold']:.1f} |" in table
+
+    for best in ("start", "warm", "cold"):
+        forced = {name: 90.0 if name == best else 10.0 for name in validation}
+        for name, path in (("cold", search_dir(copy, 0.5) / "val.json"), ("warm", search_dir(copy, 0.5, warm=True) / "val.json"),
+                           ("start", copy / "budget-50" / "rows" / "corner_prune_projector.val.json")):
+            kept = json.loads(path.read_text())
+            path.write_text(json.dumps(dict(kept, accuracy=forced[name])))  # the same key: read back, not measured
+        again, _, _ = run_study(plan, Console(file=open("/dev/null", "w")), "test")
+        assert again[1].start["kept"] == best and again[1].start["val"] == forced
+        source = {"start": corner, "cold": entries[1]}.get(best)
+        if source is not None:
+            assert (again[1].hits, again[1].sites, again[1].gflops) == (source.hits, source.sites, source.gflops)
+        assert again[1].accuracy["overall"] == test[best] and f": {best} (" in again[1].setting
+    with pytest.raises(StudyError, match="--warm names `fastv_typo`, which is no fixed row"):
+        run_study(dataclasses.replace(plan, warm="fastv_typo"), Console(file=open("/dev/null", "w")), "test")
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
