@@ -157,8 +157,8 @@ class Part:
     indexes: tuple[int, ...]  # the space's site entries, in the part's order
 
     @classmethod
-    def of(cls, space: ir.Space, bound: Bound, stack: str, inside: bool) -> Part:
-        active = bound.active()
+    def of(cls, space: ir.Space, bound: Bound, active: set[str], stack: str, inside: bool) -> Part:
+        """The entries of `space` (bound as `bound`, its `active` sites) inside `stack` or not."""
         indexes = tuple(sorted({site.site_index for site in bound.sites
                                 if (site.block.stack == stack) == inside and site.name in active}))
         straddling = {site.site_index for site in bound.sites if site.block.stack == stack} & \
@@ -187,7 +187,9 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     stack's sites alone (re-traced, fewer image tokens: `CompactImageTokens`); stage 2 emits
     the decoder's sites on that reduced model, fed the compacted inputs. The result takes the
     original inputs; its plans and lengths carry the space's own site names."""
-    first, second = Part.of(space, bound, stack.prefix, True), Part.of(space, bound, stack.prefix, False)
+    every = bound.plans()
+    active = {name for name, plan in every.items() if plan.active}
+    first, second = (Part.of(space, bound, active, stack.prefix, inside) for inside in (True, False))
     staged = _emitted(first.space, loaded, first.settings(settings))  # compile_emitted runs the whole result
     whole = staged.module
     assert isinstance(whole, CompactImageTokens)
@@ -201,8 +203,7 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
              for inner, plan in emitted.plans.items() for name in (part.outward(inner),)}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
-    left_off = bound.plans()  # the plans of the entries no part emits (`Part`)
-    ordered = {site.name: plans.get(site.name, left_off[site.name]) for site in bound.sites}
+    ordered = {site.name: plans.get(site.name, every[site.name]) for site in bound.sites}  # an entry left off: its plan
     return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs,
                    decoder_attentions=decoded.decoder_attentions)
 
