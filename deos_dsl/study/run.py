@@ -134,9 +134,23 @@ class StudyPlan:
     ablation_budgets: tuple[float, ...] = ()
     warm: str | None = None
 
+    def __post_init__(self) -> None:
+        """`StudyError` for a `warm` that names no fixed row, or comes without validation examples."""
+        if self.warm is not None and self.warm not in self.fixed_spaces:
+            raise StudyError(f"--warm names `{self.warm}`, which is no fixed row of this study",
+                             f"name one of: {', '.join(self.fixed_spaces)}")
+        if self.warm is not None and self.options.val_size == 0:
+            raise StudyError("--warm needs validation examples: they choose each seed's row among the candidates",
+                             "pass --val N (e.g. --val 200)")
+
     @property
     def baselines(self) -> list[ir.Space]:
         return self.fixed.get(BASELINE, [])
+
+    @property
+    def fixed_spaces(self) -> dict[str, ir.Space]:
+        """Every fixed space by name."""
+        return {space.name: space for spaces in self.fixed.values() for space in spaces}
 
 
 def budget_label(budget: float) -> str:
@@ -218,13 +232,9 @@ class Study:
         self.batch: Encoded = self.task.eval_batch(plan.examples, "test")
         fixed = sum(len(spaces) for spaces in plan.fixed.values())
         ablated = len(set(plan.ablation_budgets) & set(plan.budgets)) * len(plan.ablations)
-        searches = plan.seeds * (2 if plan.warm is not None and plan.options.val_size > 0 else 1)
+        searches = plan.seeds * (2 if plan.warm is not None else 1)
         self.total = 1 + len(plan.budgets) * (searches + fixed) + ablated
         self.done = 0
-        self.fixed_spaces = {space.name: space for spaces in plan.fixed.values() for space in spaces}
-        if plan.warm is not None and plan.warm not in self.fixed_spaces:
-            raise StudyError(f"--warm names `{plan.warm}`, which is no fixed row of this study",
-                             f"name one of: {', '.join(self.fixed_spaces)}")
 
     def _announce(self, what: str) -> None:
         self.done += 1
@@ -255,7 +265,7 @@ class Study:
         the best on the validation examples of that search, the search started from `warm`'s
         schedule and `warm`'s schedule itself (ties go to `warm`, then to the warm search)."""
         cold = self._searched(space, budget, seed)
-        if warm is None or self.plan.options.val_size == 0:
+        if warm is None:
             return cold
         candidates = {START: warm, WARM: self._searched(space, budget, seed, warm=warm), COLD: cold}
         measured = {name: entry for name, entry in candidates.items() if entry.error is None}
@@ -279,7 +289,7 @@ class Study:
         size, budget = self.plan.options.val_size, entry.budget
         key: dict[str, Any] = {"model": self.plan.model, "data": self.plan.data, "val_size": size}
         if candidate == START:
-            space = self.fixed_spaces[entry.method]
+            space = self.plan.fixed_spaces[entry.method]
             path = row_file(self.plan.out, budget, entry.method).with_suffix("." + VALIDATION_ROW)
             key.update(space=space.structure(), budget=budget)
         else:

@@ -241,7 +241,9 @@ def test_a_warm_study_keeps_the_best_on_validation_of_the_cold_search_the_warm_s
             assert (again[1].hits, again[1].sites, again[1].gflops) == (source.hits, source.sites, source.gflops)
         assert again[1].accuracy["overall"] == test[best] and f": {best} (" in again[1].setting
     with pytest.raises(StudyError, match="--warm names `fastv_typo`, which is no fixed row"):
-        run_study(dataclasses.replace(plan, warm="fastv_typo"), Console(file=open("/dev/null", "w")), "test")
+        dataclasses.replace(plan, warm="fastv_typo")
+    with pytest.raises(StudyError, match="--warm needs validation examples"):
+        dataclasses.replace(plan, options=dataclasses.replace(plan.options, val_size=0))
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,4 +259,7 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--corners", "eos_study", *common]) == 1
     assert "`eos_study` learns: it is not a fixed space" in capsys.readouterr().err
     assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--seeds", "0", *common]) == 2
+    capsys.readouterr()
+    assert main(["study", str(STUDY_SPACE), str(FASTV), "--search", "eos_study", "--warm", "fastv", *common]) == 1
+    assert "--warm needs validation examples" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written on bad input
