@@ -485,8 +485,9 @@ def study_arguments(study_p: argparse.ArgumentParser) -> None:
                          help="learned variants of the search space, searched once at --ablation-budgets")
     study_p.add_argument("--ablation-budgets", nargs="+", type=budget_percent, default=[11.0, 25.0], metavar="PERCENT",
                          help="budgets of the ablations (default: 11 25)")
-    study_p.add_argument("--warm", metavar="NAME", help="start every search from this fixed row's schedule at its "
-                         "budget, and keep that row's schedule where the search is not better on --val examples")
+    study_p.add_argument("--warm", metavar="NAME", help="also search each seed from this fixed row's schedule at "
+                         "its budget; the --val examples choose each seed's row among that search, the search from "
+                         "the space's inits and the row itself")
     study_p.add_argument("--seeds", type=POSITIVE, default=1, metavar="N", help="searches per budget, seeds +0..N-1 (default 1)")
     study_p.add_argument("--steps", type=POSITIVE, metavar="N", help="search steps (default: the space's policy)")
     study_p.add_argument("--batch", type=POSITIVE, default=32, metavar="B", help="search batch size (default 32)")
