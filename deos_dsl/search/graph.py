@@ -20,6 +20,7 @@ is specialised to the batch size it was traced at: the search traces at its own 
 `installed` swaps the site modules of the relaxed graph, or of a split of it (e.g. the discrete
 modules of a schedule, for validation); `sites_off` closes every site's gate, which makes the
 relaxed graph compute the dense model (what a sharded search uses as its dense reference);
+`start_keeps` sets the learned keep ratios to a fixed schedule (the warm start, `--start`);
 the model itself is never modified and stays frozen.
 """
 
