@@ -271,7 +271,7 @@ class Study:
         measured = {name: entry for name, entry in candidates.items() if entry.error is None}
         with self.console.status("validating the candidates"):
             validation = {name: self._validation_accuracy(name, entry, seed) for name, entry in measured.items()}
-        kept = max(validation, key=lambda name: (validation[name], -list(validation).index(name)))
+        kept = max(validation, key=validation.__getitem__)  # the first of equals: START, then WARM
         chosen = measured[kept]
         size = self.plan.options.val_size
         return replace(chosen, kind=SEARCH, method=cold.method, seed=seed, setting=(
