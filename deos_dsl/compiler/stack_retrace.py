@@ -35,12 +35,13 @@ token flow cannot follow. The route (`retrace_stack`):
    where the recorded call had None is ignored: transformers materialises a skipped all-true
    attention mask under export (ViT), which the eager call never had.
 
-Refusals (`DeosCompileError`): a space with sites on more than one stack (the projector
-included) besides the static one (this route emits one stack: a LLaVA space mixing vision-tower,
-projector or decoder sites is refused; the vision tower and the projector together would need
-one target spanning the feature-layer selection between them), and a stack that no target fits
-or whose target export still fixes N (something inside it, e.g. a token-mixing layer): the
-message lists every route tried.
+This route emits ONE stack. A LLaVA space with sites on the vision tower, the projector and the
+decoder is emitted in stages, most upstream first (`static_stack` picks that stack,
+`downstream_stacks` says which others may follow; `pipeline/emit.py` runs the stages on the
+reduced model). Refusals (`DeosCompileError`): active sites on a stack the static one does not
+feed (a decoder site with a vision-only model's stack, two unrelated stacks), and a stack that no
+target fits or whose target export still fixes N (something inside it, e.g. a token-mixing
+layer): the message lists every route tried.
 """
 
 from __future__ import annotations
@@ -238,18 +239,29 @@ def _stacks(block_map: BlockMap) -> list[Stack]:
     return block_map.stacks + ([Stack(projector.path, [projector], "projector")] if projector is not None else [])
 
 
+FEEDS = {"vision": ("projector", "decoder"), "projector": ("decoder",)}  # role -> the roles its tokens flow into
+
+
+def downstream_stacks(block_map: BlockMap, role: str | None) -> set[str]:
+    """The prefixes of the stacks (the projector included) that a reduced `role` stack feeds
+    and that a later stage can emit: none without a decoder (no image placeholders to shrink)."""
+    if block_map.stack("decoder") is None:
+        return set()
+    return {stack.prefix for stack in _stacks(block_map) if stack.role in FEEDS.get(role or "", ())}
+
+
 def static_stack(block_map: BlockMap, sites: list[BoundSite], active: set[str], fixed: set[str]) -> Stack | None:
-    """The stack of the `active` sites on a `fixed` length (`fixed_lengths`; None: the graph
-    can be re-bound as it is); raises `DeosCompileError` when the schedule also has active sites
-    elsewhere than in the decoder that a vision or projector stack feeds (emitted in a second
-    stage). A site the schedule leaves off is no site: it emits nothing."""
+    """The most upstream stack of the `active` sites on a `fixed` length (`fixed_lengths`;
+    None: the graph can be re-bound as it is); raises `DeosCompileError` when the schedule also
+    has active sites elsewhere than in the stacks it feeds (`downstream_stacks`: emitted in
+    later stages). A site the schedule leaves off is no site: it emits nothing."""
     static = [site for site in sites if site.name in active and site.block.stack in fixed]
     if not static:
         return None
-    site = static[0]
-    decoder = block_map.stack("decoder")
-    feeds_decoder = site.block.role in ("vision", "projector") and decoder is not None
-    others = sorted({s.block.stack for s in sites if s.name in active} - {site.block.stack, *([decoder.prefix] if feeds_decoder else [])})
+    order = tuple(FEEDS)
+    site = min(static, key=lambda s: order.index(s.block.role) if s.block.role in order else len(order))
+    others = sorted({s.block.stack for s in sites if s.name in active} - {site.block.stack}
+                    - downstream_stacks(block_map, site.block.role))
     if others:
         raise DeosCompileError(f"site `{site.name}`: the STATIC-length `{site.block.stack}` is emitted by "
                                f"re-tracing it alone, but the space also has sites on {', '.join(f'`{p}`' for p in others)}",

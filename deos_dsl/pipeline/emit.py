@@ -9,7 +9,9 @@ parameters at their init until a search result exists, or a search's discrete sc
 1. the model is re-traced with `torch.fx.symbolic_trace` when that works (the embedded model);
 2. else, when active sites sit on a stack of fixed length, that stack's container (or its
    blocks, chained) is exported alone with a dynamic length and the passes run on that graph
-   (`stack_retrace`: HF vision encoders, LLaVA's vision tower; one stack per space). The
+   (`stack_retrace`: HF vision encoders, LLaVA's vision tower; one stack per stage: a LLaVA
+   space with vision-tower, projector and decoder sites is emitted in stages, upstream first,
+   each on the model the previous stage reduced, `_in_two_stages`). The
    PROJECTOR counts as a one-block stack: a site on a projector whose output length the trace
    fixed (HF LLaVA, where the vision tower fixes it and the features are then split per image
    and scattered over the image placeholders, which graph-level re-binding cannot follow) has
@@ -61,7 +63,7 @@ from deos_dsl.compiler.hard_site import SitePlan
 from deos_dsl.compiler.image_tokens import CompactImageTokens, compact_image_tokens
 from deos_dsl.compiler.models import LoadedModel, resolve_model
 from deos_dsl.compiler.positions import attention_node
-from deos_dsl.compiler.stack_retrace import Retraced, fixed_lengths, retrace_stack, static_stack
+from deos_dsl.compiler.stack_retrace import Retraced, downstream_stacks, fixed_lengths, retrace_stack, static_stack
 from deos_dsl.compiler.trace import EXPORT, SYMBOLIC, TracedModel, trace
 from deos_dsl.errors import DeosCompileError, first_line
 from deos_dsl.files import write_directory_atomically
@@ -164,8 +166,8 @@ class Part:
         straddling = {site.site_index for site in bound.sites if site.block.stack == stack} & \
             {site.site_index for site in bound.sites if site.block.stack != stack}
         if straddling:
-            raise DeosCompileError(f"site {min(straddling)} of `{space.name}` selects blocks of `{stack}` and of the "
-                                   "decoder, which are emitted in two stages", "write one site per stack")
+            raise DeosCompileError(f"site {min(straddling)} of `{space.name}` selects blocks of `{stack}` and of "
+                                   "another stack, which are emitted in separate stages", "write one site per stack")
         return cls(space.model_copy(update={"sites": [space.sites[i] for i in indexes]}), indexes)
 
     def inward(self, name: str) -> str | None:
@@ -183,10 +185,13 @@ class Part:
 
 def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: Stack,
                    settings: dict[str, ir.SiteSettings] | None) -> Emitted:
-    """A vision / projector stack that feeds a decoder with sites of its own: stage 1 emits the
-    stack's sites alone (re-traced, fewer image tokens: `CompactImageTokens`); stage 2 emits
-    the decoder's sites on that reduced model, fed the compacted inputs. The result takes the
-    original inputs; its plans and lengths carry the space's own site names."""
+    """A vision / projector stack that feeds stacks with sites of their own (`downstream_stacks`):
+    stage 1 emits the stack's sites alone (re-traced, fewer image tokens: `CompactImageTokens`);
+    stage 2 emits the other sites on that reduced model, fed the compacted inputs (itself in
+    stages when they hold a static stack: vision tower, then projector, then decoder). The
+    result takes the original inputs, behind ONE compaction (dropping the last surplus
+    placeholders twice is dropping them once); its plans and lengths carry the space's own site
+    names."""
     every = bound.plans()
     active = {name for name, plan in every.items() if plan.active}
     first, second = (Part.of(space, bound, active, stack.prefix, inside) for inside in (True, False))
@@ -195,14 +200,17 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
     assert isinstance(whole, CompactImageTokens)
     decoder = bound.block_map.stack("decoder")
     assert decoder is not None
-    # the reduced stack runs as one opaque graph: name the decoder, which its blocks no longer tell
+    # the reduced stack runs as one opaque graph: name the decoder and the projector, which its blocks no longer tell
+    projector = {"projector": bound.block_map.projector.path} if bound.block_map.projector is not None else {}
     reduced = LoadedModel(loaded.name, whole.module, kwargs=whole.compact(loaded.kwargs), source=loaded.source,
-                          roles={**loaded.roles, "decoder": decoder.prefix})
+                          roles={**loaded.roles, "decoder": decoder.prefix, **projector})
     decoded = _emitted(second.space, reduced, second.settings(settings))
     plans = {name: replace(plan, name=name) for part, emitted in ((first, staged), (second, decoded))
              for inner, plan in emitted.plans.items() for name in (part.outward(inner),)}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
-    module = CompactImageTokens(decoded.module, whole.token_id, whole.placeholders, whole.features)
+    inner = decoded.module
+    module = CompactImageTokens(inner.module, whole.token_id, whole.placeholders, inner.features) \
+        if isinstance(inner, CompactImageTokens) else CompactImageTokens(inner, whole.token_id, whole.placeholders, whole.features)
     ordered = {site.name: plans.get(site.name, every[site.name]) for site in bound.sites}  # an entry left off: its plan
     return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs,
                    decoder_attentions=decoded.decoder_attentions)
@@ -233,8 +241,7 @@ def _emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSe
         return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs,
                        decoder_attentions=_decoder_attentions(block_map))
     decoder = block_map.stack("decoder")
-    if decoder is not None and stack.role in ("vision", "projector") and \
-            any(site.block.stack == decoder.prefix for site in bound.sites):
+    if any(site.block.stack in downstream_stacks(block_map, stack.role) for site in bound.sites):
         return _in_two_stages(space, loaded, bound, stack, settings)
     if stack.role == "projector" and decoder is not None:
         _refuse_crossing_sizes(bound)

@@ -13,7 +13,10 @@ verdict follows the interval: `beats` (it lies above 0), `loses` (below 0), `tie
 Each measured ablation row also carries `vs_search` (the search minus the ablation: what the
 freedom it takes away is worth) and `vs_cheapest` (the ablation minus the best other row that
 costs no more GFLOPs than it, None without one: the comparison for an ablation searched under
-a FLOPs budget), both paired the same way. Accuracies are fractions in [0, 1].
+a FLOPs budget), both paired the same way. `headroom` is the dense model minus the best other
+row, paired the same way: where its interval holds 0, no reducer can beat that row with an
+interval above 0 without answering better than the unreduced model on the same examples, so a
+`ties` there is the ceiling of the benchmark, not of the search. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -99,7 +102,9 @@ def budget_comparison(entries: list[Entry], budget: float, dense: Entry | None) 
     others = [e for e in measured if e.kind in COMPETITORS]
     best = _best(others)
     result: dict[str, Any] = {"budget": budget, "dense": None if dense is None else _fraction(dense), "rows": rows,
-                              "search_vs_best": None}
+                              "search_vs_best": None, "headroom": None}
+    if dense is not None and dense.hits and best is not None:
+        result["headroom"] = {"best_other": best.method, **_paired(hit_vector(dense), best)}
     if searched and best is not None:
         result["search_vs_best"] = {"best_other": best.method, "best_kind": best.kind, **_paired(search_scores(searched), best)}
     ablation_rows = {row["name"]: row for row in rows if row["kind"] == ABLATION}

@@ -189,8 +189,8 @@ def read_kept(path: Path, value: Callable[[dict[str, Any]], T], key: dict[str, A
         data = json.loads(path.read_text(encoding="utf-8"))
         return value(data) if data["key"] == key else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise StudyError(f"{path}: unreadable row file ({type(error).__name__}: {error})",
-                         "delete it to measure the row again") from None
+        raise StudyError(f"{path}: unreadable kept measurement ({type(error).__name__}: {error})",
+                         "delete it to measure it again") from None
 
 
 def schedule_digest(out: Path) -> str:

@@ -19,7 +19,8 @@ from compiler_models import VISION_PRUNE, fixed_length, loaded, tensors
 from deos_dsl.cli import EXIT_OK
 from deos_dsl.errors import DeosCompileError
 from deos_dsl.frontend import ir, loads
-from deos_dsl.pipeline import Emitted, compile_emitted, unsafe_payloads
+from deos_dsl.compiler.image_tokens import CompactImageTokens
+from deos_dsl.pipeline import Emitted, compile_emitted, export_program, unsafe_payloads
 from relaxed_cases import SPACES, bundled, space_from
 
 CLIP, LLAVA = "hf:CLIPVisionModel", "hf:LlavaForConditionalGeneration"
@@ -102,19 +103,56 @@ def test_llava_a_projector_site_left_off_beside_vision_and_decoder_sites_emits_n
         torch.testing.assert_close(tower_only.run().logits, tome(LLAVA).run().logits, atol=1e-5, rtol=0)
 
 
+PROJECTOR_SITE = "  site projector {\n    activate: on\n    retain: 50%\n    score: norm\n    operator: prune\n  }\n"
+
+
+def test_llava_sites_on_the_vision_tower_the_projector_and_the_decoder_emit_in_stages(tmp_path: Path):
+    """Vision tower, then projector, then decoder, each stage on the model the previous one
+    reduced: every site reduces what the one before it left, one compaction of the image
+    placeholders feeds the decoder, the re-exported program equals the emitted model, and a
+    projector site that keeps every token changes no logit."""
+    model = loaded(LLAVA)
+    emitted = compile_emitted(variant("tome", PROJECTOR_SITE + DECODER_SITE, tmp_path), model)
+    assert all(plan.active for plan in emitted.plans.values())
+    vision = [plan for name, plan in emitted.plans.items() if "vision_tower" in name]
+    (projector,) = [plan for name, plan in emitted.plans.items() if name.startswith(PROJECTOR)]
+    (decoder,) = [plan for name, plan in emitted.plans.items() if "language_model" in name]
+    assert (projector.name[-2:], decoder.name[-2:]) == ("@1", "@2")  # the space's own entries
+    placeholders = int((model.kwargs["input_ids"][0] == model.model.config.image_token_id).sum())
+    assert projector.entering in {plan.leaving for plan in vision}  # what the tower's feature layer left
+    assert projector.entering < placeholders
+    assert decoder.entering == projector.leaving < projector.entering
+    assert decoder.leaving < decoder.entering
+    assert isinstance(emitted.module, CompactImageTokens) and not isinstance(emitted.module.module, CompactImageTokens)
+    assert emitted.module.placeholders == placeholders and emitted.module.features == projector.leaving
+    with torch.no_grad():
+        logits = emitted.run().logits
+        exported = export_program(emitted).module()(*emitted.args, **emitted.kwargs)
+    assert logits.shape[1] == model.kwargs["input_ids"].shape[1] - (placeholders - decoder.leaving)
+    torch.testing.assert_close(exported[0], logits, atol=1e-5, rtol=0)
+    keep_all = compile_emitted(variant("tome", PROJECTOR_SITE.replace("50%", "100%") + DECODER_SITE, tmp_path), model)
+    without = compile_emitted(variant("tome", DECODER_SITE, tmp_path), model)
+    with torch.no_grad():
+        torch.testing.assert_close(keep_all.run().logits, without.run().logits, atol=1e-5, rtol=0)
+    # the tower and the projector alone (no decoder site): two stages, the projector on the reduced tower
+    alone = compile_emitted(variant("tome", PROJECTOR_SITE, tmp_path), model)
+    (projected,) = [plan for name, plan in alone.plans.items() if name.startswith(PROJECTOR)]
+    assert projected.entering == projector.entering and projected.leaving == projector.leaving
+    with torch.no_grad():
+        assert alone.run().logits.shape[1] == model.kwargs["input_ids"].shape[1] - (placeholders - projected.leaving)
+
+
 @functools.cache
 def pooled_projector() -> Emitted:
     return compile_emitted(bundled("pool2x2.deos", "pool2x2"), loaded(LLAVA))
 
 
 @pytest.mark.parametrize(("more", "error"), [
-    ("  site vision.layers[0] {\n    activate: on\n    retain: 50%\n    score: norm\n    operator: prune\n  }\n",
-     f"also has sites on `{PROJECTOR}`"),  # the vision tower and the projector: one stack per space
     ("  site projector {\n    operator: pool(window: 2x2, proportional: on)\n  }\n",
      "proportional attention .* cannot reach the decoder"),
     ("  site projector {\n    operator: pool(window: 8x8)\n  }\n", "a 8x8 window does not fit the 4x4 grid"),
     ("  tokens {\n    reducible: span(2, 12)\n  }\n", "score `position` needs a square grid .* holds 10"),
-], ids=["with-vision-site", "proportional", "window", "not-square"])
+], ids=["proportional", "window", "not-square"])
 def test_llava_projector_sites_it_cannot_emit_are_refused(more: str, error: str, tmp_path: Path):
     with pytest.raises(DeosCompileError, match=error):
         compile_emitted(variant("pool2x2", more, tmp_path), loaded(LLAVA))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deos_dsl.study.compare import comparison_json, paired_interval, search_scores, verdict
+from deos_dsl.study.report import summary_rows, targets
 from deos_dsl.study.run import Entry
 
 N = 2000
@@ -71,3 +72,34 @@ def test_an_ablation_is_compared_with_the_search_and_with_the_best_row_costing_n
     assert budget["search_vs_best"]["best_other"] == "fastv"  # the search's own comparison ignores FLOPs
     (alone,) = comparison_json([entries[0], _row("vision", "ablation", ablation, 0.30), entries[3]])
     assert next(r for r in alone["rows"] if r["name"] == "vision")["vs_cheapest"] is None
+
+
+def test_the_headroom_is_dense_minus_the_best_other_row_and_names_the_budgets_no_reducer_can_win():
+    """Where dense itself ties the best other row, the beats target says that budget's ceiling;
+    where dense beats it, the budget is not named."""
+    dense = coin(0.80, 10)
+    close = dense.clone()  # 20 answers differ, 10 each way: a tie
+    close[dense.nonzero()[:10, 0]], close[(1 - dense).nonzero()[:10, 0]] = 0.0, 1.0
+    far = dense * coin(0.85, 12)  # loses 12 points: dense beats it
+    search = dense * coin(0.97, 13)
+    entries = [_row("dense", "dense", dense, 1.0)]
+    entries[0].budget = None
+    for budget, best in ((0.33, close), (0.11, far)):
+        entries += [_row("eos", "search", search, 0.5, 0), _row("corner", "corner", best, 0.5),
+                    _row("random", "random", coin(0.4, 14), 0.5)]
+        for entry in entries[-3:]:
+            entry.budget = budget
+    high, low = comparison_json(entries)
+    for budget, best in ((high, close), (low, far)):
+        assert budget["headroom"]["best_other"] == "corner"
+        assert budget["headroom"]["diff"] == pytest.approx(float((dense - best).mean()))
+    assert high["headroom"]["verdict"] == "ties" and low["headroom"]["verdict"] == "beats"
+    beats = targets(high_and_low := [high, low])[0]
+    assert beats["value"].endswith("(dense itself does not beat the best other row at 33%)")
+    assert summary_rows(high_and_low)[1][5] == _interval_text(low["headroom"])
+    assert comparison_json(entries[1:])[0]["headroom"] is None  # no dense row: no headroom
+
+
+def _interval_text(paired: dict) -> str:
+    low, high = paired["ci95"]
+    return f"{100 * paired['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"

@@ -142,6 +142,9 @@ def test_comparison_json_reads_back_against_the_rows_hits(study) -> None:
     assert low <= versus["diff"] <= high
     assert versus["verdict"] == ("beats" if low > 0 else "loses" if high < 0 else "ties")
     assert versus["verdict"] in (out / "table.md").read_text()
+    headroom = budget["headroom"]  # the dense model against the same best row
+    assert headroom["best_other"] == best.method
+    assert headroom["diff"] == pytest.approx(sum(int(a) - int(c) for a, c in zip(entries[0].hits, best.hits)) / EXAMPLES)
     # the ablation row: the search minus it, and it against the best row costing no more GFLOPs
     (ablation,) = [e for e in entries if e.kind == "ablation"]
     row = rows["eos_llava_gates_open"]
@@ -197,7 +200,7 @@ def test_a_rerun_reuses_every_measured_row_and_measures_a_changed_one_again(stud
     assert json.loads(fastv.read_text())["key"]["examples"] == EXAMPLES
 
     fastv.write_text("{half a row")
-    with pytest.raises(StudyError, match="fastv.json: unreadable row file"):
+    with pytest.raises(StudyError, match="fastv.json: unreadable kept measurement"):
         run_study(_plan(copy), Console(file=open("/dev/null", "w")), "test")
 
 
