@@ -209,8 +209,11 @@ def _in_two_stages(space: ir.Space, loaded: LoadedModel, bound: Bound, stack: St
              for inner, plan in emitted.plans.items() for name in (part.outward(inner),)}
     lengths = {first.outward(n): v for n, v in staged.lengths.items()} | {second.outward(n): v for n, v in decoded.lengths.items()}
     inner = decoded.module
-    module = CompactImageTokens(inner.module, whole.token_id, whole.placeholders, inner.features) \
-        if isinstance(inner, CompactImageTokens) else CompactImageTokens(inner, whole.token_id, whole.placeholders, whole.features)
+    if isinstance(inner, CompactImageTokens):  # a later stage compacted again: from what this stage left
+        assert inner.placeholders == whole.features, "each stage compacts what the stage before it left"
+        module = CompactImageTokens(inner.module, whole.token_id, whole.placeholders, inner.features)
+    else:
+        module = CompactImageTokens(inner, whole.token_id, whole.placeholders, whole.features)
     ordered = {site.name: plans.get(site.name, every[site.name]) for site in bound.sites}  # an entry left off: its plan
     return Emitted(loaded.name, space.name, decoded.traced, ordered, lengths, module, loaded.args, loaded.kwargs,
                    decoder_attentions=decoded.decoder_attentions)
@@ -241,7 +244,8 @@ def _emitted(space: ir.Space, loaded: LoadedModel, settings: dict[str, ir.SiteSe
         return Emitted(loaded.name, space.name, traced, plans, lengths, traced.graph_module, traced.args, traced.kwargs,
                        decoder_attentions=_decoder_attentions(block_map))
     decoder = block_map.stack("decoder")
-    if any(site.block.stack in downstream_stacks(block_map, stack.role) for site in bound.sites):
+    downstream = downstream_stacks(block_map, stack.role)
+    if any(site.block.stack in downstream for site in bound.sites):
         return _in_two_stages(space, loaded, bound, stack, settings)
     if stack.role == "projector" and decoder is not None:
         _refuse_crossing_sizes(bound)
