@@ -239,7 +239,8 @@ def _stacks(block_map: BlockMap) -> list[Stack]:
     return block_map.stacks + ([Stack(projector.path, [projector], "projector")] if projector is not None else [])
 
 
-FEEDS = {"vision": ("projector", "decoder"), "projector": ("decoder",)}  # role -> the roles its tokens flow into
+# role -> the roles its tokens flow into; the keys are in flow order (`static_stack` reads it as such)
+FEEDS = {"vision": ("projector", "decoder"), "projector": ("decoder",)}
 
 
 def downstream_stacks(block_map: BlockMap, role: str | None) -> set[str]:
